@@ -1,0 +1,67 @@
+"""The table of elementwise and reduction operations the network calls.
+
+The network never calls GELU, the BatchNorm-apply + GELU (+ residual), the
+squeeze-and-excitation gate, the channel scaling or the whitening covariance
+directly: it calls them through an `Ops` table, so `--kernels triton` swaps in
+the hand-written Triton kernels without touching the model. Both tables use
+`kernels`' functions; they differ only in the backend they ask for and in how
+BatchNorm is applied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+KERNEL_CHOICES = ("eager", "triton")
+
+
+@dataclass(frozen=True)
+class Ops:
+    name: str                      # "eager" or "triton"
+    gelu: Callable                 # gelu(x)
+    norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None) = GELU(BN(x)) (+ residual)
+    squeeze_excite: Callable       # squeeze_excite(r, w1, b1, w2, b2) -> (N, C) gate
+    channel_scale: Callable        # channel_scale(x, s) = x * s[:, :, None, None]
+    patch_covariance: Callable     # patch_covariance(images, kernel_size) -> (mean, cov), float64
+
+
+def _norm_gelu_eager(x, batchnorm, residual=None):
+    y = F.gelu(batchnorm(x))
+    return y if residual is None else y + residual
+
+
+def _norm_gelu_fused(x, batchnorm, residual=None):
+    """BatchNorm with exact training-mode batch statistics (or running statistics in
+    eval mode), but the normalise-and-shift, GELU and residual add in one kernel."""
+    if batchnorm.training:
+        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+        with torch.no_grad():
+            count = x.numel() // x.shape[1]
+            unbiased = var * (count / max(count - 1, 1))
+            batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
+            batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
+    else:
+        mean, var = batchnorm.running_mean.float(), batchnorm.running_var.float()
+    scale = batchnorm.weight.float() * torch.rsqrt(var + batchnorm.eps)
+    shift = batchnorm.bias.float() - mean * scale
+    return kernels.affine_gelu(x, scale, shift, residual, backend="triton")
+
+
+def make_ops(kind: str) -> Ops:
+    if kind not in KERNEL_CHOICES:
+        raise ValueError(f"unknown kernels {kind!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+    backend = kind
+    return Ops(
+        name=kind,
+        gelu=partial(kernels.gelu, backend=backend),
+        norm_gelu=_norm_gelu_eager if kind == "eager" else _norm_gelu_fused,
+        squeeze_excite=partial(kernels.squeeze_excite, backend=backend),
+        channel_scale=partial(kernels.channel_scale, backend=backend),
+        patch_covariance=partial(kernels.patch_covariance, backend=backend),
+    )

@@ -1,0 +1,109 @@
+"""Reporting: the per-epoch table, the summary over runs, and the JSON file."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+
+import torch
+
+TARGET_ACCURACY = 0.94
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "ema_val_accuracy", "seconds")
+EPOCH_HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val acc':>8} {'ema val acc':>11} {'seconds':>8}"
+
+
+def format_epoch_row(row: dict) -> str:
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.2f}%"
+    return (f"{row['epoch']:>5} {row['train_loss']:>10.4f} {pct(row['train_accuracy']):>9} "
+            f"{pct(row['val_accuracy']):>8} {pct(row['ema_val_accuracy']):>11} {row['seconds']:>8.2f}")
+
+
+def _stats(values: list) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, std, min and max of the final EMA accuracy over the finished runs, the share
+    at or above 94%, and seconds per run under both timing conventions."""
+    finished = [run for run in runs if run.get("status", "ok") == "ok"]
+    accuracies = [run["ema_accuracy"] for run in finished]
+    ema, train, total = (_stats(accuracies), _stats([r["train_seconds"] for r in finished]),
+                         _stats([r["total_seconds"] for r in finished]))
+    return {
+        "runs": len(finished),
+        "failed_runs": len(runs) - len(finished),
+        "mean_ema_accuracy": ema["mean"], "std_ema_accuracy": ema["std"],
+        "min_ema_accuracy": ema["min"], "max_ema_accuracy": ema["max"],
+        "share_at_or_above_94": (sum(a >= TARGET_ACCURACY for a in accuracies) / len(accuracies)
+                                 if accuracies else None),
+        "mean_train_seconds": train["mean"], "std_train_seconds": train["std"],
+        "mean_total_seconds": total["mean"], "std_total_seconds": total["std"],
+    }
+
+
+def format_summary(summary: dict, data_source: str, device_name: str) -> str:
+    if not summary["runs"]:
+        return f"no run finished ({summary['failed_runs']} failed)"
+    pct = lambda value: f"{100 * value:.2f}%"
+    lines = [
+        f"summary over {summary['runs']} run(s) on {device_name}, data: {data_source}"
+        + (f" ({summary['failed_runs']} failed)" if summary["failed_runs"] else ""),
+        f"  EMA accuracy   mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
+        f"  min {pct(summary['min_ema_accuracy'])}  max {pct(summary['max_ema_accuracy'])}",
+        f"  runs >= 94%    {pct(summary['share_at_or_above_94'])}",
+        f"  seconds/run    {summary['mean_train_seconds']:.3f} (training loops only, hlb convention)"
+        f"  {summary['mean_total_seconds']:.3f} (whitening + training + final TTA eval, airbench convention)",
+    ]
+    return "\n".join(lines)
+
+
+def git_commit(directory: str | None = None) -> str | None:
+    directory = directory or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": device_name(device), "torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version(), "git_commit": git_commit()}
+
+
+def write_json(path: str, payload: dict):
+    """Write atomically: a temporary file in the same directory, then a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(payload, file, indent=2, default=str)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

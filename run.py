@@ -1,0 +1,8 @@
+#!/usr/bin/env python3
+"""Train the hlb-CIFAR10 speed-run recipe: `python run.py --compile` (see README.md)."""
+import sys
+
+from engine.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
