@@ -137,7 +137,7 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
     def split(n: int):
         labels = rng.integers(0, NUM_CLASSES, size=n)
         noise = rng.normal(size=(n, 3, 32, 32))
-        images = 128 + 28 * patterns[labels] + 20 * tints[labels] + 40 * noise
+        images = 128 + 28 * patterns[labels] + 30 * tints[labels] + 40 * noise
         images = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(images), labels.astype(np.int64)
 

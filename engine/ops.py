@@ -46,6 +46,7 @@ def _norm_gelu_fused(x, batchnorm, residual=None):
             unbiased = var * (count / max(count - 1, 1))
             batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
             batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
+            batchnorm.num_batches_tracked.add_(1)
     else:
         mean, var = batchnorm.running_mean.float(), batchnorm.running_var.float()
     scale = batchnorm.weight.float() * torch.rsqrt(var + batchnorm.eps)

@@ -18,7 +18,7 @@ def run_cli(*args, timeout=600):
 def test_synthetic_training_learns_and_writes_json(tmp_path):
     out = tmp_path / "out.json"
     result = run_cli("--data", "synthetic", "--device", "cpu", "--epochs", "2", "--runs", "2",
-                     "--json", str(out), "--synthetic-size", "3072", "--base-width", "16", "--batch-size", "256")
+                     "--json", str(out), "--synthetic-size", "2048", "--base-width", "16", "--batch-size", "256")
     assert result.returncode == 0, result.stderr
     assert "run 2/2 (seed 1)" in result.stdout and "summary over 2 run(s)" in result.stdout
     assert "synthetic" in result.stdout
@@ -43,10 +43,11 @@ def test_synthetic_training_learns_and_writes_json(tmp_path):
     (["--compile-mode", "fast"], "invalid choice: 'fast'"),
     (["--runs", "0"], "must be a positive integer"),
     (["--epochs", "3", "--ema-epochs", "3"], "ema_epochs (3) must be smaller than epochs (3)"),
-    (["--device", "tpu"], "only cuda and cpu"),
+    (["--device", "tpu"], "not a device; use cuda, cuda:N or cpu"),
+    (["--device", "meta"], "only cuda and cpu"),
 ])
 def test_bad_arguments_get_argparse_errors(args, message):
-    result = run_cli("--data", "synthetic", *args, timeout=120)
+    result = run_cli("--data", "synthetic", "--synthetic-size", "1000", *args, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 

@@ -38,7 +38,7 @@ def test_parameter_count_at_full_width():
                 + 512 * 10)
     model = network()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == expected == 6_580_360
+    assert trainable == expected == 6_568_136
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     bn_weights = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert len(bn_weights) == 8

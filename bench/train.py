@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Whole-run benchmark: the engine's variants in one process on one device.
+
+    python bench/train.py --data /tmp/cifar10.npz --data-label "CIFAR-10 (JPEG copy)" --runs 10
+
+Variants: eager (eager network, eager kernel twins), compile (torch.compile,
+eager twins), compile+triton (torch.compile, the Triton kernels). Each is warmed
+up (and compiled) first, then trained --runs times with seeds --seed.. . Per
+variant it prints mean and std of the final EMA accuracy, the share of runs >= 94%,
+seconds per run in both timing conventions, the speed-up over the eager variant,
+achieved TFLOP/s (counted with torch.utils.flop_counter) and peak GPU memory;
+writes --json, and appends one row per variant to bench/results/train.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from engine.config import Config  # noqa: E402
+from engine.data import CifarLoader, DataError, load_cifar10  # noqa: E402
+from engine.model import build_network  # noqa: E402
+from engine.ops import make_ops  # noqa: E402
+from engine.report import device_name, environment, summarize, write_json  # noqa: E402
+from engine.train import COMPILE_MODES, Trainer, loss_function  # noqa: E402
+
+VARIANTS = {                      # name: (compile, kernels)
+    "eager": (False, "eager"),
+    "compile": (True, "eager"),
+    "compile+triton": (True, "triton"),
+}
+RESULTS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train.csv")
+CSV_COLUMNS = ("gpu", "date", "commit", "torch", "triton", "data", "variant", "compile_mode", "runs",
+               "mean_ema_accuracy", "std_ema_accuracy", "share_at_or_above_94", "mean_train_seconds",
+               "mean_total_seconds", "speedup_total", "tflops", "peak_memory_gib", "compile_seconds")
+
+
+def flops_per_run(config: Config, device, dtype, test_images: int) -> float:
+    """FLOPs of one run: training steps (forward + backward) and the final TTA evaluation."""
+    model = build_network(config, make_ops("eager"), device, dtype)
+    images = torch.randn(config.batch_size, 3, 32, 32, device=device, dtype=dtype)
+    images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (config.batch_size,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        loss_function(model(images), labels, config).backward()
+    step = counter.get_total_flops()
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    forward_per_image = counter.get_total_flops() / config.batch_size
+    return step * config.total_steps + forward_per_image * 2 * test_images
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="synthetic", help="as run.py --data (default synthetic)")
+    p.add_argument("--data-label", help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)'")
+    p.add_argument("--synthetic-size", type=int, default=50_000)
+    p.add_argument("--runs", type=int, default=5, help="runs per variant (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--epochs", type=int, default=Config().epochs)
+    p.add_argument("--base-width", type=int, default=Config().base_width)
+    p.add_argument("--json", help="write all figures here")
+    p.add_argument("--csv", default=RESULTS_CSV, help="append rows here (default bench/results/train.csv); '' for none")
+    args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        p.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available here; use --device cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+
+    try:
+        data = load_cifar10(args.data, synthetic_size=args.synthetic_size, seed=args.seed)
+    except DataError as error:
+        print(f"bench/train.py: error: {error}", file=sys.stderr)
+        return 2
+    data_source = (args.data_label or data.source) + (" (synthetic)" if data.synthetic and args.data_label else "")
+    config = Config(train_images=len(data.train_labels), epochs=args.epochs, base_width=args.base_width,
+                    ema_epochs=min(Config().ema_epochs, args.epochs - 1))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
+    test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
+    flops = flops_per_run(config, device, dtype, len(data.test_labels))
+    env = environment(device)
+    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | data: {data_source} | "
+          f"{args.runs} runs per variant | {flops / 1e12:.1f} TFLOP per run", flush=True)
+
+    results = {}
+    for name in variants:
+        compile, kernels = VARIANTS[name]
+        trainer = Trainer(config, make_ops(kernels), device, dtype, compile=compile,
+                          compile_mode=args.compile_mode)
+        start = time.perf_counter()
+        warmup = trainer.warm_up(train, test)
+        print(f"[{name}] warm-up{' + compile' if compile else ''}: {warmup:.1f} s "
+              f"(wall {time.perf_counter() - start:.1f} s)", flush=True)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        runs = []
+        for index in range(args.runs):
+            result = trainer.run(train, test, args.seed + index, evaluate_every_epoch=False)
+            runs.append(result.to_dict())
+            print(f"[{name}] run {index + 1}/{args.runs}: EMA {100 * result.ema_accuracy:.2f}%  "
+                  f"{result.train_seconds:.3f} s training  {result.total_seconds:.3f} s in all", flush=True)
+        summary = summarize(runs)
+        summary.update(
+            compile_seconds=trainer.compile_seconds, warmup_seconds=warmup,
+            tflops=flops / summary["mean_total_seconds"] / 1e12,
+            peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None))
+        results[name] = {"summary": summary, "runs": runs}
+        if args.json:     # after every variant: a time limit never loses a finished variant
+            write_json(args.json, {"variants": results, "partial": True, "data_source": data_source, **env})
+
+    base = results.get("eager", {}).get("summary")
+    for entry in results.values():
+        s = entry["summary"]
+        s["speedup_total"] = base["mean_total_seconds"] / s["mean_total_seconds"] if base else None
+        s["speedup_train"] = base["mean_train_seconds"] / s["mean_train_seconds"] if base else None
+
+    date = time.strftime("%Y-%m-%d")
+    print(f"\nbench/train.py on {env['device']}, {date}, commit {env['git_commit']}, torch {env['torch']}, "
+          f"triton {env['triton']}, data: {data_source}")
+    print(f"{'variant':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'>=94%':>6} {'train s':>8} {'total s':>8} "
+          f"{'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
+    for name, entry in results.items():
+        s = entry["summary"]
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)
+        print(f"{name:<15} {s['runs']:>4} {100 * s['mean_ema_accuracy']:>7.2f}% {100 * s['std_ema_accuracy']:>5.2f}% "
+              f"{100 * s['share_at_or_above_94']:>5.0f}% {s['mean_train_seconds']:>8.3f} {s['mean_total_seconds']:>8.3f} "
+              f"{fmt(s['speedup_total'], '>7.2f')}x {s['tflops']:>8.1f} {fmt(s['peak_memory_gib'], '>8.2f')} "
+              f"{fmt(s['compile_seconds'], '>9.1f')}")
+
+    payload = {"variants": results, "data_source": data_source, "runs_per_variant": args.runs,
+               "flops_per_run": flops, "compile_mode": args.compile_mode, "config": config.to_dict(),
+               "date": date, **env}
+    if args.json:
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    if args.csv:
+        new = not os.path.exists(args.csv)
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+        with open(args.csv, "a", newline="") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(CSV_COLUMNS)
+            for name, entry in results.items():
+                s = entry["summary"]
+                writer.writerow([env["device"], date, env["git_commit"], env["torch"], env["triton"], data_source,
+                                 name, args.compile_mode, s["runs"], s["mean_ema_accuracy"], s["std_ema_accuracy"],
+                                 s["share_at_or_above_94"], s["mean_train_seconds"], s["mean_total_seconds"],
+                                 s["speedup_total"], s["tflops"], s["peak_memory_gib"], s["compile_seconds"]])
+        print(f"appended {len(results)} row(s) to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
