@@ -1,0 +1,37 @@
+"""cifar-speedrun's engine: the hlb-CIFAR10 recipe as a library (README "Library").
+
+    import engine
+    result = engine.fit(engine.Config(epochs=10), data="data", seed=0)
+    engine.evaluate(result.ema_model, engine.load_cifar10("data"))
+
+The names below load their module on first use, so `import engine` stays cheap
+(no torch, no Triton) and does nothing else.
+"""
+
+_EXPORTS = {
+    "fit": "engine.api",                  # train one run: returns a RunResult with the networks
+    "evaluate": "engine.api",             # flip-TTA test accuracy of a network
+    "make_deterministic": "engine.api",   # torch's deterministic flags (CUDA)
+    "Config": "engine.config",            # every hyperparameter
+    "CifarLoader": "engine.data",         # the on-device augmenting loader on its own
+    "Cifar10": "engine.data",
+    "load_cifar10": "engine.data",
+    "make_synthetic": "engine.data",
+    "Trainer": "engine.train",            # many runs sharing one compilation
+    "RunResult": "engine.train",
+    "TrainingDiverged": "engine.train",
+    "save_checkpoint": "engine.checkpoint",
+    "load_checkpoint": "engine.checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import torch
 
+from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import Config
 from engine.data import CifarLoader, DataError, load_cifar10
+from engine.distributed import World, barrier, finish, gather, start, world_from_env
+from engine.errors import check_kernels, explain
 from engine.ops import KERNEL_CHOICES, make_ops
-from engine.report import (EPOCH_HEADER, device_name, environment, format_epoch_row, format_summary,
-                           summarize, write_json)
+from engine.plots import plot_runs, require_matplotlib
+from engine.progress import Progress
+from engine.report import device_name, environment, format_summary, summarize, write_json
 from engine.train import COMPILE_MODES, Trainer, TrainingDiverged
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -33,7 +39,10 @@ def non_negative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description="Train the hlb-CIFAR10 speed-run recipe.")
+    p = argparse.ArgumentParser(
+        prog="run.py", description="Train the hlb-CIFAR10 speed-run recipe.",
+        epilog="`python run.py evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
+               "--save. `torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data",
                    help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
@@ -53,10 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile mode (default: default)")
     g.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
                    help="elementwise kernels: triton or eager twins (default: triton on CUDA, eager on CPU)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms and cuDNN settings on CUDA (slower; see README)")
     g = p.add_argument_group("runs and output")
     g.add_argument("--runs", type=positive_int, default=1, help="independent runs (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed+i (default 0)")
     g.add_argument("--json", metavar="PATH", help="write every run and the summary to this JSON file")
+    g.add_argument("--plot", metavar="PATH.png",
+                   help="draw every run's training curves and the spread of final accuracies (needs matplotlib)")
+    g.add_argument("--save", metavar="PATH",
+                   help="write each run's final EMA network with its config, data and accuracy (with "
+                        "--runs above 1, PATH gets -seedS before its extension); see `run.py evaluate`")
+    g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g = p.add_argument_group("recipe overrides (defaults: SPEC.md)")
     g.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
     g.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
@@ -76,34 +93,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(parser, name: str | None) -> torch.device:
+def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        parser.error(f"--device {name}: not a device; use cuda, cuda:N or cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            parser.error(f"--device {name}: not a device; use cuda, cuda:N or cpu")
     if device.type not in ("cuda", "cpu"):
         parser.error(f"--device {name}: only cuda and cpu are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         parser.error(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if world.distributed and device.type == "cuda":     # torchrun: one GPU per process
+        if device.index is not None:
+            parser.error(f"--device {name}: under torchrun every process takes cuda:LOCAL_RANK; "
+                         f"pass --device cuda or leave --device out")
+        if world.local_rank >= torch.cuda.device_count():
+            parser.error(f"process {world.local_rank} on this machine has no GPU of its own "
+                         f"({torch.cuda.device_count()} here); lower --nproc_per_node")
+        device = torch.device("cuda", world.local_rank)
     return device
 
 
+def checkpoint_path(path: str, seed: int, runs: int) -> str:
+    """--save PATH for one run; PATH with -seedS before the extension for several."""
+    if runs == 1:
+        return path
+    root, extension = os.path.splitext(path)
+    return f"{root}-seed{seed}{extension or '.pt'}"
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:
+        return evaluate_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = resolve_device(parser, args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    kernels = args.kernels or ("triton" if device.type == "cuda" else "eager")
+    if args.plot:
+        try:
+            require_matplotlib()
+        except ImportError as error:
+            parser.error(str(error))
+    try:
+        world = world_from_env()
+    except ValueError as error:
+        parser.error(str(error))
+    device = resolve_device(parser, args.device, world)
+    if args.deterministic:
+        make_deterministic()
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
+    kernels = args.kernels or default_kernels(device)
+    start(world, device)
+    try:
+        return train_runs(parser, args, world, device, dtype, kernels)
+    finally:
+        finish(world)
 
+
+def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
+    """Load the data, train this process's runs, gather them; rank 0 reports."""
+    if args.download and not world.main:
+        barrier(world)                    # rank 0 downloads first
     try:
         data = load_cifar10(args.data, args.download, args.synthetic_size, seed=args.seed)
     except DataError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
+    if args.download and world.main:
+        barrier(world)
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     ema_epochs = args.ema_epochs if args.ema_epochs is not None else min(DEFAULTS.ema_epochs, args.epochs - 1)
@@ -116,51 +176,163 @@ def main(argv=None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
-    trainer = Trainer(config, make_ops(kernels), device, dtype,
-                      compile=args.compile, compile_mode=args.compile_mode)
-    train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
-    test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
-
     name = device_name(device)
-    print(f"data: {data.source} | device: {name} | dtype: {str(dtype).removeprefix('torch.')} | "
-          f"kernels: {kernels} | compile: {args.compile_mode if args.compile else 'off'} | "
-          f"{config.total_steps} steps of {config.batch_size}")
-    warmup_seconds = trainer.warm_up(train, test) if (device.type == "cuda" or args.compile) else 0.0
-    if warmup_seconds:
-        print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s (not counted in run times)")
-
-    runs, interrupted = [], False
+    show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
+                    prefix=f"[rank {world.rank}] " if world.distributed else "")
+    if world.main and not args.quiet:
+        print(f"data: {data.source} | device: {name}"
+              f"{f' (x{world.size} processes)' if world.distributed else ''} | "
+              f"dtype: {str(dtype).removeprefix('torch.')} | kernels: {kernels} | "
+              f"compile: {args.compile_mode if args.compile else 'off'} | "
+              f"{config.total_steps} steps of {config.batch_size}"
+              f"{' | deterministic' if args.deterministic else ''}", flush=True)
     try:
-        for index in range(args.runs):
+        ops = make_ops(kernels)
+        check_kernels(ops, device, dtype)
+        trainer = Trainer(config, ops, device, dtype, compile=args.compile, compile_mode=args.compile_mode)
+        train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
+        test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
+        warmup_seconds = trainer.warm_up(train, test) if (device.type == "cuda" or args.compile) else 0.0
+    except Exception as error:
+        message = explain(error, config, args.compile)
+        if message is None:
+            raise
+        print(f"run.py: error: {message}", file=sys.stderr)
+        return 1
+    if warmup_seconds:
+        show.print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s "
+                   f"(not counted in run times)")
+
+    runs, interrupted, failure, crash = [], False, None, None      # runs: (global index, record)
+    try:
+        for index in world.my_runs(args.runs):
             seed = args.seed + index
-            print(f"\nrun {index + 1}/{args.runs} (seed {seed})\n{EPOCH_HEADER}")
+            show.start_run(index, args.runs, seed, config.total_steps, config.epochs)
             try:
-                result = trainer.run(train, test, seed, on_epoch=lambda row: print(format_epoch_row(row), flush=True))
+                result = trainer.run(train, test, seed, on_epoch=show.epoch, on_step=show.step)
             except TrainingDiverged as error:
-                print(f"run {index + 1} failed: {error}; going on with the next run", file=sys.stderr)
-                runs.append({"seed": seed, "status": "failed", "error": str(error)})
+                show.close()
+                print(f"{show.prefix}run {index + 1} (seed {seed}) failed: {error}; going on with the next run",
+                      file=sys.stderr, flush=True)
+                runs.append((index, {"seed": seed, "status": "failed", "error": str(error), "step": error.step,
+                                     "lr": error.lr, "epochs": error.epochs,
+                                     **({"rank": world.rank} if world.distributed else {})}))
                 continue
-            runs.append(result.to_dict())
-            print(f"final: EMA accuracy {100 * result.ema_accuracy:.2f}%, accuracy {100 * result.accuracy:.2f}%, "
-                  f"{result.train_seconds:.3f} s training, {result.total_seconds:.3f} s in all")
+            record = {**result.to_dict(), **({"rank": world.rank} if world.distributed else {})}
+            if args.save:
+                record["checkpoint"] = save_checkpoint(
+                    checkpoint_path(args.save, seed, args.runs), result.ema_model, config,
+                    accuracy=result.ema_accuracy, data_source=data.source,
+                    data={"data": args.data, "synthetic_size": args.synthetic_size, "seed": args.seed},
+                    seed=seed, ema_accuracy=result.ema_accuracy, network_accuracy=result.accuracy,
+                    kernels=kernels, compile=args.compile)
+            runs.append((index, record))
+            show.end_run(f"final: EMA accuracy {100 * result.ema_accuracy:.2f}%, accuracy "
+                         f"{100 * result.accuracy:.2f}%, {result.train_seconds:.3f} s training, "
+                         f"{result.total_seconds:.3f} s in all")
+            del result                    # free the networks before the next run
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted: summarising the {len(runs)} run(s) that finished", file=sys.stderr)
+        print(f"\n{show.prefix}interrupted: summarising the run(s) that finished", file=sys.stderr)
+    except Exception as error:            # stop here, but keep and report what finished
+        failure = explain(error, config, args.compile)
+        if failure is None:
+            crash, failure = error, f"{type(error).__name__}: {error}"
+        print(f"{show.prefix}run.py: error: {failure}; the runs that finished are kept", file=sys.stderr)
+    finally:
+        show.close()
 
+    processes = gather(world, {"rank": world.rank, "device": name, "runs": runs, "interrupted": interrupted,
+                               "error": failure, "warmup_seconds": warmup_seconds,
+                               "compile_seconds": trainer.compile_seconds})
+    if world.main:
+        report(args, world, processes, data, config, device, dtype, kernels)
+    if crash is not None:
+        raise crash                       # after the results are safe: the traceback is the bug report
+    if any(p["interrupted"] for p in processes):
+        return 130
+    finished = sum(record.get("status") == "ok" for p in processes for _, record in p["runs"])
+    return 1 if any(p["error"] for p in processes) or not finished else 0
+
+
+def report(args, world: World, processes: list, data, config: Config, device, dtype, kernels: str):
+    """The one summary, JSON file and plot, from every process's runs in run order."""
+    runs = [record for _, record in sorted((item for p in processes for item in p["runs"]), key=lambda i: i[0])]
+    names = sorted({p["device"] for p in processes})
+    name = names[0] if not world.distributed else f"{world.size} processes on {', '.join(names)}"
     summary = summarize(runs)
-    print("\n" + format_summary(summary, data.source, name))
+    print(("" if args.quiet else "\n") + format_summary(summary, data.source, name), flush=True)
+    errors = [{"rank": p["rank"], "error": p["error"]} for p in processes if p["error"]]
     if args.json:
         payload = {
-            "runs": runs, "summary": summary, "interrupted": interrupted,
-            "data_source": data.source, "synthetic": data.synthetic,
+            "runs": runs, "summary": summary, "interrupted": any(p["interrupted"] for p in processes),
+            "errors": errors, "data_source": data.source, "synthetic": data.synthetic,
             "dtype": str(dtype).removeprefix("torch."), "kernels": kernels,
             "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
-            "compile_seconds": trainer.compile_seconds, "warmup_seconds": warmup_seconds,
-            "config": config.to_dict(), **environment(device),
+            "compile_seconds": processes[0]["compile_seconds"], "warmup_seconds": processes[0]["warmup_seconds"],
+            "deterministic": args.deterministic, "world_size": world.size,
+            "processes": [{k: p[k] for k in ("rank", "device", "warmup_seconds", "compile_seconds", "error")}
+                          for p in processes],
+            "config": config.to_dict(), **environment(device), "device": name,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json(args.json, payload)
-        print(f"wrote {args.json}")
-    return 130 if interrupted else 0
+        if not args.quiet:
+            print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            plot_runs(runs, args.plot, title=f"{data.source} | {name} | {len(runs)} run(s)")
+        except Exception as error:       # the runs are written already; a plot is not worth a traceback
+            print(f"run.py: error: could not draw {args.plot}: {type(error).__name__}: {error}", file=sys.stderr)
+            return
+        if not args.quiet:
+            print(f"wrote {args.plot}")
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py evaluate",
+                                description="Reload a network saved with `run.py --save` and measure its test "
+                                            "accuracy (flip TTA) next to the one recorded at training.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a file written by run.py --save")
+    p.add_argument("--data", help="as run.py --data (default: the data the checkpoint was trained on)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
+    p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
+    p.add_argument("--data-seed", type=int, help="for --data synthetic (default: as recorded)")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument("--dtype", choices=DTYPES, help="(default: the saved network's)")
+    return p
+
+
+def evaluate_main(argv) -> int:
+    parser = build_evaluate_parser()
+    args = parser.parse_args(argv)
+    device = resolve_device(parser, args.device)
+    try:
+        model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None)
+    except CheckpointError as error:
+        print(f"run.py evaluate: error: {error}", file=sys.stderr)
+        return 2
+    recorded = saved.get("data") or {}
+    if not (args.data or recorded.get("data")):
+        parser.error("--data is needed: the checkpoint does not say what it was trained on")
+    try:
+        data = load_cifar10(args.data or recorded["data"], args.download,
+                            args.synthetic_size or recorded.get("synthetic_size", 50_000),
+                            seed=args.data_seed if args.data_seed is not None else recorded.get("seed", 0))
+    except DataError as error:
+        print(f"run.py evaluate: error: {error}", file=sys.stderr)
+        return 2
+    config = saved["config"]
+    accuracy = evaluate(model, data, config.tta_flip, config.test_batch_size)
+    dtype = next(model.parameters()).dtype
+    print(f"checkpoint: {args.checkpoint} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
+          f"kernels at training: {saved.get('kernels')} | dtype: {str(dtype).removeprefix('torch.')} | "
+          f"device: {device_name(device)}")
+    line = f"test accuracy {100 * accuracy:.2f}% on {data.source}"
+    if saved.get("accuracy") is not None:
+        line += (f"; recorded {100 * saved['accuracy']:.2f}% "
+                 f"(difference {100 * (accuracy - saved['accuracy']):+.2f} points)")
+    print(line)
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,7 +26,16 @@ COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduc
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite: `step` (steps done when it was seen), `lr` (the
+    non-bias group's rate there) and the finished epochs' rows say where."""
+
+    def __init__(self, message: str, step: int | None = None, lr: float | None = None, epochs=()):
+        super().__init__(message)
+        self.step, self.lr, self.epochs = step, lr, list(epochs)
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the setting to lower."""
 
 
 @dataclass
@@ -38,9 +48,12 @@ class RunResult:
     epochs: list = field(default_factory=list)
     status: str = "ok"                     # "ok" or "failed"
     error: str | None = None
+    model: Network | None = field(default=None, repr=False)      # the trained network
+    ema_model: Network | None = field(default=None, repr=False)  # its EMA copy: the reported network
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """The figures, for JSON (the networks left out)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("model", "ema_model")}
 
 
 class Timer:
@@ -72,6 +85,57 @@ class Timer:
             torch.cuda.synchronize()
             return sum(start.elapsed_time(end) for start, end in self.intervals) / 1000
         return self.host_seconds
+
+
+class FiniteLossCheck:
+    """Stops a run within a few steps of its loss turning NaN or infinite, without a host
+    sync: on CUDA, every `every` steps an on-device "loss sum is finite" flag is copied to
+    pinned host memory (non_blocking) behind a recorded event, and read only once the event
+    has completed, so the check lags a few steps but never waits. On the CPU it reads the
+    flag directly. The loss sum covers every step of the epoch, so no bad step is missed."""
+
+    def __init__(self, device: torch.device, config: Config, every: int = 4, slots: int = 8):
+        self.cuda, self.config = device.type == "cuda", config
+        self.every = every if self.cuda else 1
+        self.last_good = 0                          # steps done at the last check that passed
+        if self.cuda:
+            self.flags = torch.ones(slots, dtype=torch.bool, pin_memory=True)
+            self.free, self.pending = list(range(slots)), deque()
+
+    def __call__(self, loss_sum: torch.Tensor, steps_done: int, epochs=()):
+        if self.cuda:
+            self.poll(epochs)
+        if steps_done % self.every:
+            return
+        if not self.cuda:
+            self.verdict(bool(torch.isfinite(loss_sum)), steps_done, epochs)
+        elif self.free:                             # every slot still in flight: skip, never block
+            slot = self.free.pop()
+            self.flags[slot:slot + 1].copy_(torch.isfinite(loss_sum).view(1), non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.pending.append((event, slot, steps_done))
+
+    def poll(self, epochs=()):
+        """Read the flags whose copies have landed (all of them after a synchronisation)."""
+        while self.cuda and self.pending and self.pending[0][0].query():
+            _, slot, steps_done = self.pending.popleft()
+            self.free.append(slot)
+            self.verdict(bool(self.flags[slot]), steps_done, epochs)
+
+    def verdict(self, finite: bool, steps_done: int, epochs=()):
+        """Raise TrainingDiverged, naming the step and the learning rate, unless `finite`."""
+        if finite:
+            self.last_good = max(self.last_good, steps_done)
+            return
+        c = self.config
+        lr = c.lr * lr_factor(steps_done - 1, c)
+        self.pending = deque()                      # the run is over: drop later flags
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite at step {steps_done} of {c.total_steps} "
+            f"(epoch {(steps_done - 1) // c.steps_per_epoch + 1}; finite up to step {self.last_good}), "
+            f"learning rate {lr:.4g} (bias group {lr * c.bias_scale:.4g}); lower --lr or check the data",
+            step=steps_done, lr=lr, epochs=epochs)
 
 
 def loss_function(logits: torch.Tensor, labels: torch.Tensor, config: Config) -> torch.Tensor:
@@ -234,10 +298,13 @@ class Trainer:
         return seconds
 
     def run(self, train: CifarLoader, test: CifarLoader, seed: int, on_epoch: Callable | None = None,
-            config: Config | None = None, evaluate_every_epoch: bool = True) -> RunResult:
-        """Train one network from scratch; `on_epoch(row)` sees each epoch's table row.
+            config: Config | None = None, evaluate_every_epoch: bool = True,
+            on_step: Callable | None = None) -> RunResult:
+        """Train one network from scratch; `on_epoch(row)` sees each epoch's table row and
+        `on_step(steps_done)` a plain int after every step (progress bars: no sync).
         With `evaluate_every_epoch` False, only the last epoch is evaluated (benchmarks).
-        `config` overrides the schedule-related fields for the warm-up only."""
+        `config` overrides the schedule-related fields for the warm-up only.
+        Raises TrainingDiverged within a few steps of a NaN or infinite loss."""
         c = config or self.config
         if len(train) != c.steps_per_epoch:
             raise ValueError(f"the loader gives {len(train)} steps per epoch but the config expects "
@@ -248,12 +315,17 @@ class Trainer:
         train_timer, total_timer = Timer(self.device), Timer(self.device)
 
         total_timer.start()
-        model = build_network(c, self.ops, self.device, self.dtype, self.whitening(train))
+        try:
+            whitening = self.whitening(train)
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemory(f"the whitening covariance ran out of device memory; lower --whiten-chunk "
+                              f"(now {c.whiten_chunk} images per chunk)") from None
+        model = build_network(c, self.ops, self.device, self.dtype, whitening)
         optimizers = make_optimizers(model, c)
         ema = EMA(build_network(c, self.ops, self.device, self.dtype))
         total_timer.stop()
 
-        step = 0
+        step, finite_check = 0, FiniteLossCheck(self.device, c)
         for epoch in range(c.epochs):
             epoch_timer = Timer(self.device)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
@@ -268,13 +340,16 @@ class Trainer:
                 if step >= c.ema_start_step and step % c.ema_every == 0:
                     ema.update(model, c.ema_step_decay)
                 step += 1
+                finite_check(loss_sum, step, result.epochs)
+                if on_step:
+                    on_step(step)
             for timer in (total_timer, train_timer, epoch_timer):
                 timer.stop()
 
             samples = c.steps_per_epoch * c.batch_size
             train_loss = loss_sum.item() / samples
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch + 1}")
+            finite_check.poll(result.epochs)            # every copy has landed after .item()
+            finite_check.verdict(math.isfinite(train_loss), step, result.epochs)   # steps it skipped
 
             last = epoch == c.epochs - 1
             if last and ema.started:      # the reported result: timed under the total convention
@@ -300,4 +375,5 @@ class Trainer:
             result.ema_accuracy = result.accuracy
         result.train_seconds = train_timer.seconds
         result.total_seconds = total_timer.seconds
+        result.model, result.ema_model = model, (ema.model if ema.started else model)
         return result

@@ -1,0 +1,87 @@
+"""What a run shows while it trains.
+
+Modes:
+  * "bar":   a live tqdm bar over the run's steps (run, epoch, step, steps/s), the
+             per-epoch table printed above it; chosen by "auto" when tqdm is installed
+             and the output is a terminal;
+  * "table": the per-epoch table (logs, pipes, no tqdm);
+  * "runs":  one line per finished run (the other processes under torchrun);
+  * "quiet": nothing per run (`--quiet`); the summary is still printed by the caller.
+
+No host syncs are added: per step the bar only sees a Python int; losses and
+accuracies appear at the end of an epoch, where the recipe reads them anyway.
+"""
+from __future__ import annotations
+
+import sys
+
+from engine.report import EPOCH_HEADER, format_epoch_row
+
+MODES = ("auto", "bar", "table", "runs", "quiet")
+
+
+def tqdm_available() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Progress:
+    def __init__(self, mode: str = "auto", file=None, prefix: str = ""):
+        if mode not in MODES:
+            raise ValueError(f"unknown progress mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.file = file or sys.stdout
+        if mode == "auto":
+            mode = "bar" if tqdm_available() and self.file.isatty() else "table"
+        if mode == "bar" and not tqdm_available():
+            mode = "table"
+        self.mode, self.prefix = mode, prefix
+        self.bar, self.run_name, self.epochs = None, "", 0
+
+    def print(self, text: str):
+        """A line for the reader, above the bar when one is live; nothing when quiet."""
+        if self.mode == "quiet":
+            return
+        text = "\n".join(self.prefix + line if line else line for line in text.split("\n"))
+        if self.bar is not None:
+            self.bar.write(text, file=self.file)
+        else:
+            print(text, file=self.file, flush=True)
+
+    def start_run(self, index: int, runs: int, seed: int, steps: int, epochs: int):
+        self.run_name, self.epochs = f"run {index + 1}/{runs} (seed {seed})", epochs
+        if self.mode in ("table", "bar"):
+            self.print(f"\n{self.run_name}\n{EPOCH_HEADER}")
+        if self.mode == "bar":
+            from tqdm import tqdm
+            self.bar = tqdm(total=steps, file=self.file, unit="step", dynamic_ncols=True, leave=False,
+                            desc=f"{self.prefix}run {index + 1}/{runs} epoch 1/{epochs}")
+
+    def step(self, steps_done: int):
+        if self.bar is not None:
+            self.bar.update(steps_done - self.bar.n)
+
+    def epoch(self, row: dict):
+        if self.mode in ("table", "bar"):
+            self.print(format_epoch_row(row))
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.prefix}{self.run_name.split(' (')[0]} "
+                                         f"epoch {min(row['epoch'] + 1, self.epochs)}/{self.epochs}")
+            shown = {"loss": f"{row['train_loss']:.4f}", "acc": f"{100 * row['train_accuracy']:.1f}%"}
+            if row.get("val_accuracy") is not None:
+                shown["val"] = f"{100 * row['val_accuracy']:.2f}%"
+            self.bar.set_postfix(shown, refresh=False)
+
+    def end_run(self, text: str):
+        """Close the bar and print the run's final line ('runs' mode names the run in it)."""
+        self.close()
+        if self.mode == "runs":
+            text = f"{self.run_name}: {text}"
+        self.print(text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
