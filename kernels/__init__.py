@@ -1,0 +1,28 @@
+"""The engine's own Triton kernels, each beside an eager PyTorch twin.
+
+Every operation takes `backend=None | "eager" | "triton"`. None picks Triton for
+CUDA tensors (and for CPU tensors when TRITON_INTERPRET=1, how CI runs them) and
+eager otherwise. The Triton paths are `torch.library` custom ops with fake
+(meta) functions and autograd, so `torch.compile(fullgraph=True)` keeps whole
+graphs around them. Inputs are checked before any kernel runs: a wrong device,
+dtype, rank, shape or stride pattern raises a ValueError or TypeError naming it.
+
+    gelu(x)                                     exact (erf) GELU, any dense shape
+    affine_gelu(x, scale, shift, residual=None) GELU(x*scale[c] + shift[c]) (+ residual)
+    squeeze_excite(r, w1, b1, w2, b2)           sigmoid(fc2(GELU(fc1(mean_hw r))))
+    channel_scale(x, s)                         x * s[:, :, None, None]
+    patch_covariance(images, kernel_size=2)     float64 mean and covariance of k x k patches
+"""
+from ._common import BACKENDS, default_backend
+from .affine_gelu import affine_gelu, affine_gelu_eager
+from .channel_scale import channel_scale, channel_scale_eager
+from .gelu import gelu, gelu_eager
+from .patch_covariance import patch_covariance, patch_covariance_eager
+from .squeeze_excite import squeeze_excite, squeeze_excite_eager
+
+__all__ = [
+    "BACKENDS", "default_backend",
+    "gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance",
+    "gelu_eager", "affine_gelu_eager", "squeeze_excite_eager", "channel_scale_eager",
+    "patch_covariance_eager",
+]

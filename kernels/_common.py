@@ -1,0 +1,197 @@
+"""What every operation shares: backend choice, input checks, output allocation,
+launch sizes and the GELU math used inside several kernels.
+
+Nothing here launches a kernel. Each operation's file holds its own kernels,
+launch wrapper, autograd and `torch.library` registration.
+"""
+import os
+from contextlib import contextmanager
+
+import torch
+import triton
+import triton.language as tl
+
+BACKENDS = ("eager", "triton")
+
+# Elementwise kernels take float32, float16 and bfloat16; they load, compute in
+# float32 and store in the input's dtype.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Namespace of every `torch.library` custom op in this package.
+LIB = "cifar_speedrun"
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def default_backend(tensor: torch.Tensor) -> str:
+    """'triton' for CUDA tensors (and CPU tensors under TRITON_INTERPRET=1), else 'eager'."""
+    if tensor.is_cuda or (tensor.device.type == "cpu" and interpreting()):
+        return "triton"
+    return "eager"
+
+
+def resolve_backend(backend, tensor: torch.Tensor) -> str:
+    """Checks `backend` and returns the one to use for `tensor`."""
+    if backend is None:
+        return default_backend(tensor)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS} (or None for the default)")
+    if backend == "triton" and not tensor.is_cuda:
+        if not (tensor.device.type == "cpu" and interpreting()):
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
+                f"before triton is imported; got a tensor on {tensor.device}")
+    return backend
+
+
+# --------------------------------------------------------------------------- checks
+def check_tensor(name, t, *, ndim=None, dtypes=FLOAT_DTYPES, device=None):
+    """TypeError for a non-tensor or a wrong dtype, ValueError for a wrong rank or device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {t.dtype}; expected one of {names}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}")
+
+
+def check_shape(name, t, shape):
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {tuple(shape)}")
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True when the elements fill one gap-free, non-overlapping block of memory
+    (any dimension order): a flat kernel may then walk it as t.numel() values."""
+    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def layout_4d(name, t) -> bool:
+    """For an (N, C, H, W) tensor: False when contiguous, True when channels_last.
+    Anything else (gaps, overlaps, other dimension orders) is a ValueError."""
+    if t.is_contiguous():
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    raise ValueError(
+        f"{name} with shape {tuple(t.shape)} and strides {t.stride()} is neither contiguous nor "
+        f"dense channels_last; call .contiguous() or .contiguous(memory_format=torch.channels_last)")
+
+
+def check_contiguous(name, t):
+    if not t.is_contiguous():
+        raise ValueError(f"{name} with shape {tuple(t.shape)} and strides {t.stride()} must be contiguous")
+
+
+def same_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`t` (same shape as the dense `ref`) with exactly `ref`'s strides: copied only if needed.
+    Incoming gradients can be expanded, transposed or in another memory format."""
+    if all(a == b for a, b, s in zip(t.stride(), ref.stride(), ref.shape) if s != 1):
+        return t
+    out = torch.empty_like(ref, dtype=t.dtype)
+    out.copy_(t)
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+# Tests switch this on so that every output and scratch buffer starts as NaN:
+# an element a kernel forgets to write then fails the comparison.
+_POISON = False
+
+
+@contextmanager
+def poisoned_outputs(on: bool = True):
+    global _POISON
+    old, _POISON = _POISON, on
+    try:
+        yield
+    finally:
+        _POISON = old
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
+    if _POISON and t.is_floating_point():
+        t.fill_(float("nan"))
+    return t
+
+
+def empty_like(t, dtype=None):
+    """Uninitialised tensor with `t`'s shape and exact strides (t must be dense)."""
+    return _poison(torch.empty_like(t, dtype=dtype))
+
+
+def empty(shape, dtype, device):
+    return _poison(torch.empty(shape, dtype=dtype, device=device))
+
+
+# --------------------------------------------------------------------------- launch sizes
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+def prev_pow2(n: int) -> int:
+    return 1 << max(0, int(n).bit_length() - 1)
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors (1 in the interpreter, where programs run one by one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def persistent_programs(blocks: int, device: torch.device, per_sm: int = 4) -> int:
+    """Programs for a grid-stride loop over `blocks` blocks: a few per SM, never more than blocks.
+    In the interpreter a handful, so that the loop is exercised."""
+    cap = per_sm * num_sms(device) if device.type == "cuda" else 3
+    return max(1, min(blocks, cap))
+
+
+# --------------------------------------------------------------------------- stores
+# The interpreter (triton 3.8) converts float32 to bfloat16 by truncation, where
+# GPUs round to nearest even: in the interpreter, round by hand so that the tests
+# see what a GPU computes. On GPUs this is a plain cast.
+_INTERPRET_BF16_FIX = tl.constexpr(interpreting())
+
+
+@triton.jit
+def cast_to(x, dtype: tl.constexpr):
+    """float32 x to `dtype` with round-to-nearest-even (also in the interpreter)."""
+    if _INTERPRET_BF16_FIX and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+# --------------------------------------------------------------------------- GELU math
+# Exact GELU and its derivative in float32, from tl.erf / tl.exp, which exist
+# both on GPUs and in the interpreter (libdevice does not).
+# (0.7071... = 1/sqrt(2), 0.3989... = 1/sqrt(2*pi))
+
+
+@triton.jit
+def gelu_f32(z):
+    """GELU(z) = z * Phi(z), with Phi the standard normal CDF."""
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def gelu_grad_f32(z):
+    """d GELU / dz = Phi(z) + z * phi(z)."""
+    cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+    return cdf + z * pdf

@@ -1,0 +1,124 @@
+"""Helpers shared by tests/test_kernels_*.py (imported by tests only).
+
+Tolerances, written down once:
+  TOL[dtype] = (atol, rtol) for elementwise outputs, Triton against the eager twin.
+  REDUCE_TOL[dtype] = bound on ||a - b|| / ||b|| for reduced outputs (per-channel or
+      per-sample sums, weight gradients), whose elements can cancel to near zero.
+  HALF_FACTOR: in float16 / bfloat16 the Triton result's error against a float64
+      reference may be at most HALF_FACTOR x the eager twin's own error (+ HALF_FLOOR).
+"""
+import os
+
+import pytest
+import torch
+
+from . import _common as cm
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (4e-2, 4e-2),
+}
+REDUCE_TOL = {
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 4e-2,
+}
+HALF_FACTOR = 2.0
+HALF_FLOOR = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def _fresh_inputs_and_poison():
+    """Every test: a fresh random seed (printed, to replay a failure) and NaN-filled
+    outputs, so that an element a kernel never writes fails the comparison."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    print(f"seed={seed}")
+    with cm.poisoned_outputs():
+        yield
+
+
+def make(shape, dtype, channels_last=False, scale=1.0, shift=0.0, requires_grad=True):
+    t = torch.randn(shape, device=DEVICE) * scale + shift
+    t = t.to(dtype)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(requires_grad)
+
+
+def run(fn, inputs, grad_out):
+    """(output, gradients of every input that requires grad) for one backend."""
+    out = fn(*inputs)
+    diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    grads = torch.autograd.grad(out, diff, grad_out)
+    return out.detach(), list(grads)
+
+
+def as_f64(inputs):
+    return [t.detach().double().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+            for t in inputs]
+
+
+def rel_err(a, ref):
+    a, ref = a.double(), ref.double()
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def assert_finite(t, what):
+    assert torch.isfinite(t).all(), f"{what}: non-finite values (an element left unwritten?)"
+
+
+def assert_elementwise(a, b, dtype, what):
+    assert_finite(a, what)
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def assert_reduced(a, b, dtype, what, floor=0.0):
+    """Relative norm error within REDUCE_TOL[dtype] (or `floor` if larger)."""
+    assert_finite(a, what)
+    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+    err, tol = rel_err(a, b), max(REDUCE_TOL[dtype], floor)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+def assert_half_precision(tri, eager, ref64, what):
+    """Triton's low-precision error against float64 stays within HALF_FACTOR x eager's."""
+    e_tri, e_eager = rel_err(tri, ref64), rel_err(eager, ref64)
+    assert e_tri <= HALF_FACTOR * e_eager + HALF_FLOOR, (
+        f"{what}: triton error {e_tri:.3g} vs float64 exceeds {HALF_FACTOR} x eager's {e_eager:.3g}")
+
+
+def check_against_eager(fn, twin, inputs, grad_out, dtype, reduced=(), what=""):
+    """Runs `fn(*inputs, backend=...)` both ways and compares output and every gradient.
+
+    reduced: positions (0 = output, 1.. = gradients in input order) compared by
+    relative norm instead of elementwise. In half precision each result is also
+    compared with `twin` (the eager twin) run on float64 copies: Triton's error may be
+    at most HALF_FACTOR x eager's own. There, a reduced result's distance to eager may
+    also reach HALF_FACTOR x eager's own error (eager rounds after every step, and
+    sums such as dh = dz2 @ w2 cancel, so eager alone can be off by several percent).
+    """
+    out_t, grads_t = run(lambda *a: fn(*a, backend="triton"), inputs, grad_out)
+    out_e, grads_e = run(lambda *a: fn(*a, backend="eager"), inputs, grad_out)
+    results_t, results_e = [out_t] + grads_t, [out_e] + grads_e
+    names = ["output"] + [f"grad of input {i}" for i in range(len(grads_t))]
+    eager_err = [0.0] * len(results_t)
+    if dtype != torch.float32:
+        out_r, grads_r = run(twin, as_f64(inputs), grad_out.double())
+        for i, (a, b, r, name) in enumerate(zip(results_t, results_e, [out_r] + grads_r, names)):
+            assert_finite(a, f"{what} {name}")
+            assert_half_precision(a, b, r, f"{what} {name}")
+            eager_err[i] = HALF_FACTOR * rel_err(b, r)
+    for i, (a, b, name) in enumerate(zip(results_t, results_e, names)):
+        assert a.dtype == b.dtype, f"{what} {name}: dtype {a.dtype} vs eager {b.dtype}"
+        assert a.shape == b.shape, f"{what} {name}: shape {tuple(a.shape)} vs eager {tuple(b.shape)}"
+        if i in reduced:
+            assert_reduced(a, b, dtype, f"{what} {name}", floor=eager_err[i])
+        else:
+            assert_elementwise(a, b, dtype, f"{what} {name}")
+    return results_t

@@ -1,0 +1,265 @@
+"""BatchNorm-apply + GELU (+ residual) in one pass:
+
+    y = GELU(x * scale[c] + shift[c]) (+ residual)        x: (N, C, H, W)
+
+This follows every convolution of the network. One read of x (and residual)
+and one write of y replace the three passes of BN-apply, GELU and add.
+
+Memory is viewed as a row-major (R, L) matrix:
+  channels_last: R = N*H*W pixels,  L = C  (channel = column)
+  contiguous:    R = N*C planes,    L = H*W (channel = row % C)
+so the per-channel scale and shift are loaded once per tile, with no division
+per element.
+
+Backward (z = x*scale + shift, dz = dy * GELU'(z), recomputed from x):
+  dx = dz * scale[c],  dscale[c] = sum(dz * x),  dshift[c] = sum(dz),  dresidual = dy.
+The per-channel sums are written as per-program partials, then reduced by a
+second small kernel: deterministic, no atomics.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from . import _common as cm
+
+# Fixed launch sizes (no autotuning: the interpreter cannot, and one setting per
+# kernel is enough for a memory-bound pass): elements per tile and warps.
+FWD_TILE, FWD_WARPS = 2048, 4
+BWD_TILE, BWD_WARPS = 4096, 8
+SUM_TILE, SUM_WARPS = 8192, 8
+BWD_PER_SM = 2       # channels_last backward: programs per SM (each walks many row blocks)
+
+
+# --------------------------------------------------------------------------- kernels
+@triton.jit
+def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
+                CHANNELS_LAST: tl.constexpr, HAS_RES: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    rmask = rows < R
+    lmask = cols < L
+    mask = rmask[:, None] & lmask[None, :]
+    offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
+    if CHANNELS_LAST:
+        a = tl.load(scale_ptr + cols, mask=lmask, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(shift_ptr + cols, mask=lmask, other=0.0).to(tl.float32)[None, :]
+    else:
+        ch = rows % C
+        a = tl.load(scale_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
+        b = tl.load(shift_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = cm.gelu_f32(x * a + b)
+    if HAS_RES:
+        y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, cm.cast_to(y, y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, M, C,
+                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """channels_last: (M = N*H*W, C). Grid (P, column blocks); program p walks row
+    blocks p, p+P, ... and writes its column sums to row p of the partials."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    a = tl.load(scale_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    b = tl.load(shift_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    acc_s = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for blk in range(pid, tl.cdiv(M, BLOCK_M), nprog):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows < M)[:, None] & cmask[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dz = dy * cm.gelu_grad_f32(x * a + b)
+        tl.store(dx_ptr + offs, cm.cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
+        acc_s += dz * x
+        acc_b += dz
+    tl.store(pscale_ptr + pid * C + cols, tl.sum(acc_s, 0), mask=cmask)
+    tl.store(pshift_ptr + pid * C + cols, tl.sum(acc_b, 0), mask=cmask)
+
+
+@triton.jit
+def _bwd_nchw_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, R, L, C,
+                     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """contiguous: (R = N*C planes, L = H*W). Each program owns BLOCK_R whole planes
+    and writes one sum per plane; partials are then (N, C)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    ch = rows % C
+    a = tl.load(scale_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
+    b = tl.load(shift_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
+    acc_s = tl.zeros([BLOCK_R, BLOCK_L], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_R, BLOCK_L], dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        cols = l0 + tl.arange(0, BLOCK_L)
+        mask = rmask[:, None] & (cols < L)[None, :]
+        offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dz = dy * cm.gelu_grad_f32(x * a + b)
+        tl.store(dx_ptr + offs, cm.cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
+        acc_s += dz * x
+        acc_b += dz
+    tl.store(pscale_ptr + rows, tl.sum(acc_s, 1), mask=rmask)
+    tl.store(pshift_ptr + rows, tl.sum(acc_b, 1), mask=rmask)
+
+
+@triton.jit
+def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out1[c] = sum_p p1[p, c], out2 likewise, stored in the outputs' dtypes."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        rows = p0 + tl.arange(0, BLOCK_P)
+        mask = (rows < P)[:, None] & cmask[None, :]
+        offs = rows[:, None] * C + cols[None, :]
+        acc1 += tl.load(p1_ptr + offs, mask=mask, other=0.0)
+        acc2 += tl.load(p2_ptr + offs, mask=mask, other=0.0)
+    tl.store(out1_ptr + cols, cm.cast_to(tl.sum(acc1, 0), out1_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out2_ptr + cols, cm.cast_to(tl.sum(acc2, 0), out2_ptr.dtype.element_ty), mask=cmask)
+
+
+# --------------------------------------------------------------------------- launch wrappers
+def _view(x: torch.Tensor):
+    """(channels_last, R, L) of the row-major view described in the module docstring."""
+    n, c, h, w = x.shape
+    cl = cm.layout_4d("x", x)
+    return (cl, n * h * w, c) if cl else (cl, n * c, h * w)
+
+
+def _tile(L: int, max_l: int, tile: int):
+    """(BLOCK_R, BLOCK_L): whole rows up to max_l columns, tile elements in all."""
+    block_l = min(cm.next_pow2(L), max_l)
+    return max(1, tile // block_l), block_l
+
+
+def _forward(x, scale, shift, residual):
+    y = cm.empty_like(x)
+    if x.numel() == 0:
+        return y
+    cl, R, L = _view(x)
+    if residual is not None:
+        residual = cm.same_layout(residual, x)
+    block_r, block_l = _tile(L, 1024, FWD_TILE)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
+    _fwd_kernel[grid](x, residual if residual is not None else x, scale, shift, y, R, L, x.shape[1],
+                      CHANNELS_LAST=cl, HAS_RES=residual is not None,
+                      BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
+    return y
+
+
+def _backward(dy, x, scale, shift):
+    n, c = x.shape[:2]
+    dy = cm.same_layout(dy, x)
+    dx = cm.empty_like(x)
+    dscale = cm.empty((c,), scale.dtype, x.device)
+    dshift = cm.empty((c,), shift.dtype, x.device)
+    if x.numel() == 0:
+        return dx, dscale.zero_(), dshift.zero_()
+    cl, R, L = _view(x)
+    if cl:
+        # About two programs per SM in all, each walking many row blocks: few partial
+        # rows, so that the second kernel's sum is short.
+        block_m, block_c = _tile(c, 256, BWD_TILE)
+        cblocks = triton.cdiv(c, block_c)
+        P = cm.persistent_programs(triton.cdiv(R, block_m), x.device, per_sm=max(1, BWD_PER_SM // cblocks))
+        pscale = cm.empty((P, c), torch.float32, x.device)
+        pshift = cm.empty((P, c), torch.float32, x.device)
+        _bwd_cl_kernel[(P, cblocks)](x, dy, scale, shift, dx, pscale, pshift, R, c,
+                                     BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
+    else:
+        block_r, block_l = _tile(L, 512, BWD_TILE)
+        P = n
+        pscale = cm.empty((n, c), torch.float32, x.device)
+        pshift = cm.empty((n, c), torch.float32, x.device)
+        _bwd_nchw_kernel[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx, pscale, pshift, R, L, c,
+                                                    BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
+    block_c = min(cm.next_pow2(c), 64)
+    block_p = max(1, min(cm.next_pow2(P), SUM_TILE // block_c))
+    _sum_rows_kernel[(triton.cdiv(c, block_c),)](pscale, pshift, dscale, dshift, P, c,
+                                                  BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
+    return dx, dscale, dshift
+
+
+# --------------------------------------------------------------------------- registration
+@torch.library.custom_op(f"{cm.LIB}::affine_gelu", mutates_args=())
+def _affine_gelu_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    residual: Optional[torch.Tensor]) -> torch.Tensor:
+    return _forward(x, scale, shift, residual)
+
+
+@_affine_gelu_op.register_fake
+def _(x, scale, shift, residual):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op(f"{cm.LIB}::affine_gelu_backward", mutates_args=())
+def _affine_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+                             shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dy, x, scale, shift)
+
+
+@_affine_gelu_backward_op.register_fake
+def _(dy, x, scale, shift):
+    return torch.empty_like(x), scale.new_empty(scale.shape), shift.new_empty(shift.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, scale, shift, residual = inputs
+    ctx.has_residual = residual is not None
+    ctx.save_for_backward(x, scale, shift)
+
+
+def _autograd_backward(ctx, dy):
+    x, scale, shift = ctx.saved_tensors
+    dx, dscale, dshift = _affine_gelu_backward_op(dy, x, scale, shift)
+    return dx, dscale, dshift, (dy if ctx.has_residual else None)
+
+
+_affine_gelu_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public API
+def affine_gelu_eager(x, scale, shift, residual=None):
+    """The eager twin in plain PyTorch."""
+    y = F.gelu(x * scale[:, None, None] + shift[:, None, None]).to(x.dtype)
+    return y if residual is None else y + residual
+
+
+def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                residual: Optional[torch.Tensor] = None, backend=None) -> torch.Tensor:
+    """GELU(x * scale[c] + shift[c]) (+ residual) for x of shape (N, C, H, W).
+
+    x: float32/float16/bfloat16, contiguous or channels_last; the output has x's dtype
+    and memory format. scale, shift: (C,) in any of those dtypes (float32 beside a
+    float16 x is fine). residual: x's shape and dtype, either memory format.
+    Differentiable in x, scale, shift and residual; gradients come in each input's dtype.
+    """
+    cm.check_tensor("x", x, ndim=4)
+    dev = x.device
+    cm.check_tensor("scale", scale, ndim=1, device=dev)
+    cm.check_tensor("shift", shift, ndim=1, device=dev)
+    c = x.shape[1]
+    cm.check_shape("scale", scale, (c,))
+    cm.check_shape("shift", shift, (c,))
+    cm.check_contiguous("scale", scale)
+    cm.check_contiguous("shift", shift)
+    cm.layout_4d("x", x)
+    if residual is not None:
+        cm.check_tensor("residual", residual, ndim=4, dtypes=(x.dtype,), device=dev)
+        cm.check_shape("residual", residual, x.shape)
+        cm.layout_4d("residual", residual)
+    backend = cm.resolve_backend(backend, x)
+    if backend == "eager":
+        return affine_gelu_eager(x, scale, shift, residual)
+    return _affine_gelu_op(x, scale, shift, residual)
