@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each run's final EMA network with its config, data and accuracy (with "
                         "--runs above 1, PATH gets -seedS before its extension); see `run.py evaluate`")
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
+    g.add_argument("--final-eval-only", action="store_true",
+                   help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
     g = p.add_argument_group("recipe overrides (defaults: SPEC.md)")
     g.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
     g.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
@@ -211,7 +213,8 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
             seed = args.seed + index
             show.start_run(index, args.runs, seed, config.total_steps, config.epochs)
             try:
-                result = trainer.run(train, test, seed, on_epoch=show.epoch, on_step=show.step)
+                result = trainer.run(train, test, seed, on_epoch=show.epoch, on_step=show.step,
+                                     evaluate_every_epoch=not args.final_eval_only)
             except TrainingDiverged as error:
                 show.close()
                 print(f"{show.prefix}run {index + 1} (seed {seed}) failed: {error}; going on with the next run",
