@@ -8,8 +8,11 @@
 # kernel tests on CUDA, bench/kernels.py, bench/train.py (N runs of each
 # variant on DATA), logs and JSON into OUTDIR (default: $OUT when set, else
 # out/device_check), then a short summary printed last. Full: under 8 minutes
-# with 5 runs; --quick (2 runs, fewer kernel tests): under 3 minutes.
+# with 5 runs (stage limits 120 + 300 + 90 s); --quick (2 runs of eager and
+# compile+triton, fewer kernel tests and ops): under 3 minutes (50 + 110 + 50 s).
 # Every stage has its own time limit; one failing stage does not stop the rest.
+# DEVICE_CHECK_TRAIN_ARGS (extra bench/train.py arguments) and DEVICE_CHECK_TEST_ARGS
+# (extra pytest arguments) let a CPU dry run exercise the plumbing with tiny sizes.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -19,7 +22,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs="$2"; shift ;;
     --label) label="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) if [ -z "$data" ]; then data="$1"; elif [ -z "$outdir" ]; then outdir="$1"; else
          echo "device_check.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
@@ -32,11 +35,16 @@ fi
 outdir="${outdir:-${OUT:-out/device_check}}"
 mkdir -p "$outdir"
 label="${label:-$(basename "$data")}"
-if [ "$quick" = 1 ]; then
-  runs="${runs:-2}"; test_filter=(-k "not bfloat16"); t_tests=60; t_kbench=60; t_train=120
+if [ "$quick" = 1 ]; then   # the headline pair only, fewer kernel tests and ops
+  runs="${runs:-2}"; t_tests=50; t_kbench=50; t_train=110
+  test_select="(kernels and not bfloat16) or (integration and not compile)"
+  train_extra=(--variants eager,compile+triton); kbench_extra=(--only affine_gelu,squeeze_excite)
 else
-  runs="${runs:-5}"; test_filter=(); t_tests=150; t_kbench=100; t_train=360
+  runs="${runs:-5}"; t_tests=120; t_kbench=90; t_train=300
+  test_select="kernels or (integration and not compile)"; train_extra=(); kbench_extra=()
 fi
+parallel=()
+python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
 export PYTHONUNBUFFERED=1
 PY=python3
 start=$(date +%s)
@@ -61,16 +69,16 @@ run_stage() {  # name seconds log command...
 
 # 2. Kernel tests on CUDA (the same tests CI runs in the interpreter).
 run_stage "kernel tests (CUDA)" $t_tests "$outdir/env_and_tests.log" \
-  $PY -m pytest -q -x -p no:cacheprovider "${test_filter[@]}" tests/ -k "kernels or integration" \
-    $( [ "$quick" = 1 ] && echo "--maxfail=1" )
+  $PY -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/ -k "$test_select" ${DEVICE_CHECK_TEST_ARGS:-}
 
 # 3. Whole-run benchmark: the headline.
 run_stage "bench/train.py" $t_train "$outdir/train.log" \
-  $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" --json "$outdir/train.json"
+  $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" --json "$outdir/train.json" \
+    "${train_extra[@]}" ${DEVICE_CHECK_TRAIN_ARGS:-}
 
 # 4. Kernel benchmark.
 run_stage "bench/kernels.py" $t_kbench "$outdir/kernels.log" \
-  $PY bench/kernels.py $( [ "$quick" = 1 ] && echo "--quick" ) --json "$outdir/kernels.json"
+  $PY bench/kernels.py "${kbench_extra[@]}"
 
 cp bench/results/train.csv bench/results/kernels.csv "$outdir/" 2>/dev/null
 
