@@ -217,7 +217,7 @@ def evaluate(model: Network, loader: CifarLoader, tta_flip: bool = True,
              forward: Callable | None = None) -> float:
     """Top-1 accuracy over every test image; with `tta_flip`, each batch and its
     mirror go through the network together and their logits are averaged."""
-    forward = forward or model
+    forward = model if forward is None else forward
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=loader.labels.device, dtype=torch.int64)
