@@ -59,6 +59,17 @@ def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
 
 
 @triton.jit
+def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b):
+    """One tile of the backward, either layout: writes dx = dz * scale and returns
+    (dz * x, dz), the tile's contributions to the scale and shift gradients."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dz = dy * cm.gelu_grad_f32(x * a + b)
+    tl.store(dx_ptr + offs, cm.cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
+    return dz * x, dz
+
+
+@triton.jit
 def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, M, C,
                    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """channels_last: (M = N*H*W, C). Grid (P, column blocks); program p walks row
@@ -75,11 +86,8 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshi
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         mask = (rows < M)[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dz = dy * cm.gelu_grad_f32(x * a + b)
-        tl.store(dx_ptr + offs, cm.cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
-        acc_s += dz * x
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b)
+        acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + pid * C + cols, tl.sum(acc_s, 0), mask=cmask)
     tl.store(pshift_ptr + pid * C + cols, tl.sum(acc_b, 0), mask=cmask)
@@ -101,11 +109,8 @@ def _bwd_nchw_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, ps
         cols = l0 + tl.arange(0, BLOCK_L)
         mask = rmask[:, None] & (cols < L)[None, :]
         offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dz = dy * cm.gelu_grad_f32(x * a + b)
-        tl.store(dx_ptr + offs, cm.cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
-        acc_s += dz * x
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b)
+        acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + rows, tl.sum(acc_s, 1), mask=rmask)
     tl.store(pshift_ptr + rows, tl.sum(acc_b, 1), mask=rmask)
