@@ -2,9 +2,11 @@
 
 Every operation takes `backend=None | "eager" | "triton"`. None picks Triton for
 CUDA tensors (and for CPU tensors when TRITON_INTERPRET=1, how CI runs them) and
-eager otherwise. The Triton paths are `torch.library` custom ops with fake
+eager otherwise. The Triton paths are `torch.library` operators with fake
 (meta) functions and autograd, so `torch.compile(fullgraph=True)` keeps whole
-graphs around them. Inputs are checked before any kernel runs: a wrong device,
+graphs around them: on GPUs `triton_op`s, whose kernel launches Inductor emits in
+its own generated code; in Triton's CPU interpreter opaque `custom_op`s (see
+`_common.register_op`). Inputs are checked before any kernel runs: a wrong device,
 dtype, rank, shape or stride pattern raises a ValueError or TypeError naming it.
 
     gelu(x)                                     exact (erf) GELU, any dense shape

@@ -1,11 +1,12 @@
-"""What every operation shares: backend choice, input checks, output allocation,
-launch sizes and the GELU math used inside several kernels.
+"""What every operation shares: backend choice, operator registration, input
+checks, output allocation, launch sizes and the GELU math used inside several kernels.
 
 Nothing here launches a kernel. Each operation's file holds its own kernels,
 launch wrapper, autograd and `torch.library` registration.
 """
 import os
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 import triton
@@ -45,6 +46,29 @@ def resolve_backend(backend, tensor: torch.Tensor) -> str:
                 f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
                 f"before triton is imported; got a tensor on {tensor.device}")
     return backend
+
+
+# --------------------------------------------------------------------------- registration
+def register_op(name: str, fake: Callable):
+    """Decorator: registers a launch function (typed tensors in, new tensors out, every
+    kernel launched as `wrap_triton(kernel)[grid](...)`) as the operator `cifar_speedrun::name`.
+
+    On GPUs it becomes a `torch.library.triton_op`: torch.compile traces through it and
+    Inductor launches the kernels from its own generated code, with no Python dispatch per
+    call and nothing in the way of CUDA graphs; the launch function, traced, is its fake.
+    Under TRITON_INTERPRET=1 (CPU, CI) a triton_op cannot be traced (the interpreter would
+    run the kernel on fake tensors), so it becomes a `torch.library.custom_op` with `fake`
+    as its fake function: Inductor keeps it as one opaque call and the kernels run in the
+    interpreter. Kernels must call their @triton.jit helpers by bare names (`cast_to`, not
+    `cm.cast_to`): Inductor re-emits each kernel's source with the helpers it names."""
+    def register(launch: Callable):
+        qualified = f"{LIB}::{name}"
+        if interpreting():
+            op = torch.library.custom_op(qualified, launch, mutates_args=())
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(qualified, launch, mutates_args=())
+    return register
 
 
 # --------------------------------------------------------------------------- checks

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _common as cm
+from ._common import cast_to, gelu_f32, gelu_grad_f32
 
 # Fixed launch sizes (no autotuning: the interpreter cannot, and one setting per
 # kernel is enough for a memory-bound pass): elements per tile and warps.
@@ -52,10 +54,10 @@ def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
         a = tl.load(scale_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
         b = tl.load(shift_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = cm.gelu_f32(x * a + b)
+    y = gelu_f32(x * a + b)
     if HAS_RES:
         y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, cm.cast_to(y, y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, cast_to(y, y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -64,8 +66,8 @@ def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b):
     (dz * x, dz), the tile's contributions to the scale and shift gradients."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dz = dy * cm.gelu_grad_f32(x * a + b)
-    tl.store(dx_ptr + offs, cm.cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
+    dz = dy * gelu_grad_f32(x * a + b)
+    tl.store(dx_ptr + offs, cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
     return dz * x, dz
 
 
@@ -130,8 +132,8 @@ def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
         offs = rows[:, None] * C + cols[None, :]
         acc1 += tl.load(p1_ptr + offs, mask=mask, other=0.0)
         acc2 += tl.load(p2_ptr + offs, mask=mask, other=0.0)
-    tl.store(out1_ptr + cols, cm.cast_to(tl.sum(acc1, 0), out1_ptr.dtype.element_ty), mask=cmask)
-    tl.store(out2_ptr + cols, cm.cast_to(tl.sum(acc2, 0), out2_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out1_ptr + cols, cast_to(tl.sum(acc1, 0), out1_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out2_ptr + cols, cast_to(tl.sum(acc2, 0), out2_ptr.dtype.element_ty), mask=cmask)
 
 
 # --------------------------------------------------------------------------- launch wrappers
@@ -157,9 +159,9 @@ def _forward(x, scale, shift, residual):
         residual = cm.same_layout(residual, x)
     block_r, block_l = _tile(L, 1024, FWD_TILE)
     grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-    _fwd_kernel[grid](x, residual if residual is not None else x, scale, shift, y, R, L, x.shape[1],
-                      CHANNELS_LAST=cl, HAS_RES=residual is not None,
-                      BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
+    wrap_triton(_fwd_kernel)[grid](x, residual if residual is not None else x, scale, shift, y, R, L, x.shape[1],
+                                   CHANNELS_LAST=cl, HAS_RES=residual is not None,
+                                   BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
     return y
 
 
@@ -180,43 +182,41 @@ def _backward(dy, x, scale, shift):
         P = cm.persistent_programs(triton.cdiv(R, block_m), x.device, per_sm=max(1, BWD_PER_SM // cblocks))
         pscale = cm.empty((P, c), torch.float32, x.device)
         pshift = cm.empty((P, c), torch.float32, x.device)
-        _bwd_cl_kernel[(P, cblocks)](x, dy, scale, shift, dx, pscale, pshift, R, c,
-                                     BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
+        wrap_triton(_bwd_cl_kernel)[(P, cblocks)](x, dy, scale, shift, dx, pscale, pshift, R, c,
+                                                  BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
     else:
         block_r, block_l = _tile(L, 512, BWD_TILE)
         P = n
         pscale = cm.empty((n, c), torch.float32, x.device)
         pshift = cm.empty((n, c), torch.float32, x.device)
-        _bwd_nchw_kernel[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx, pscale, pshift, R, L, c,
-                                                    BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
+        wrap_triton(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx, pscale, pshift, R, L, c,
+                                                                 BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
     block_c = min(cm.next_pow2(c), 64)
     block_p = max(1, min(cm.next_pow2(P), SUM_TILE // block_c))
-    _sum_rows_kernel[(triton.cdiv(c, block_c),)](pscale, pshift, dscale, dshift, P, c,
-                                                  BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
+    wrap_triton(_sum_rows_kernel)[(triton.cdiv(c, block_c),)](pscale, pshift, dscale, dshift, P, c,
+                                                               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
     return dx, dscale, dshift
 
 
 # --------------------------------------------------------------------------- registration
-@torch.library.custom_op(f"{cm.LIB}::affine_gelu", mutates_args=())
+def _affine_gelu_fake(x, scale, shift, residual):
+    return torch.empty_like(x)
+
+
+@cm.register_op("affine_gelu", fake=_affine_gelu_fake)
 def _affine_gelu_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                     residual: Optional[torch.Tensor]) -> torch.Tensor:
     return _forward(x, scale, shift, residual)
 
 
-@_affine_gelu_op.register_fake
-def _(x, scale, shift, residual):
-    return torch.empty_like(x)
+def _affine_gelu_backward_fake(dy, x, scale, shift):
+    return torch.empty_like(x), scale.new_empty(scale.shape), shift.new_empty(shift.shape)
 
 
-@torch.library.custom_op(f"{cm.LIB}::affine_gelu_backward", mutates_args=())
+@cm.register_op("affine_gelu_backward", fake=_affine_gelu_backward_fake)
 def _affine_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
                              shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(dy, x, scale, shift)
-
-
-@_affine_gelu_backward_op.register_fake
-def _(dy, x, scale, shift):
-    return torch.empty_like(x), scale.new_empty(scale.shape), shift.new_empty(shift.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -11,8 +11,10 @@ Layouts (x is (N, C, H, W), S = H*W):
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _common as cm
+from ._common import cast_to
 
 FWD_TILE, FWD_WARPS = 2048, 4
 BWD_TILE, BWD_WARPS = 4096, 8
@@ -33,7 +35,7 @@ def _fwd_kernel(x_ptr, s_ptr, y_ptr, R, L, S, CHANNELS_LAST: tl.constexpr,
     else:
         g = tl.load(s_ptr + rows, mask=rmask, other=0.0)[:, None]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, cm.cast_to(x * g.to(tl.float32), y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, cast_to(x * g.to(tl.float32), y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -52,9 +54,9 @@ def _bwd_cl_kernel(x_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, C, S,
         offs = base + pix[:, None] * C + cols[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + offs, cm.cast_to(dy * g, dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offs, cast_to(dy * g, dx_ptr.dtype.element_ty), mask=mask)
         acc += dy * x
-    tl.store(ds_ptr + n * C + cols, cm.cast_to(tl.sum(acc, 0), ds_ptr.dtype.element_ty), mask=cmask)
+    tl.store(ds_ptr + n * C + cols, cast_to(tl.sum(acc, 0), ds_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -71,9 +73,9 @@ def _bwd_nchw_kernel(x_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, R, S,
         offs = rows.to(tl.int64)[:, None] * S + pix[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + offs, cm.cast_to(dy * g, dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offs, cast_to(dy * g, dx_ptr.dtype.element_ty), mask=mask)
         acc += dy * x
-    tl.store(ds_ptr + rows, cm.cast_to(tl.sum(acc, 1), ds_ptr.dtype.element_ty), mask=rmask)
+    tl.store(ds_ptr + rows, cast_to(tl.sum(acc, 1), ds_ptr.dtype.element_ty), mask=rmask)
 
 
 # --------------------------------------------------------------------------- launch wrappers
@@ -87,8 +89,8 @@ def _forward(x, s):
     block_l = min(cm.next_pow2(L), 1024)
     block_r = max(1, FWD_TILE // block_l)
     grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-    _fwd_kernel[grid](x, s, y, R, L, h * w, CHANNELS_LAST=cl,
-                      BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
+    wrap_triton(_fwd_kernel)[grid](x, s, y, R, L, h * w, CHANNELS_LAST=cl,
+                                   BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
     return y
 
 
@@ -103,36 +105,34 @@ def _backward(dy, x, s):
     if cm.layout_4d("x", x):
         block_c = min(cm.next_pow2(c), 256)
         block_s = max(1, min(cm.next_pow2(S), BWD_TILE // block_c))
-        _bwd_cl_kernel[(n, triton.cdiv(c, block_c))](x, s, dy, dx, ds, c, S,
-                                                    BLOCK_S=block_s, BLOCK_C=block_c, num_warps=BWD_WARPS)
+        wrap_triton(_bwd_cl_kernel)[(n, triton.cdiv(c, block_c))](x, s, dy, dx, ds, c, S,
+                                                                 BLOCK_S=block_s, BLOCK_C=block_c, num_warps=BWD_WARPS)
     else:
         block_s = min(cm.next_pow2(S), 1024)
         block_r = max(1, BWD_TILE // block_s)
-        _bwd_nchw_kernel[(triton.cdiv(n * c, block_r),)](x, s, dy, dx, ds, n * c, S,
-                                                        BLOCK_R=block_r, BLOCK_S=block_s, num_warps=BWD_WARPS)
+        wrap_triton(_bwd_nchw_kernel)[(triton.cdiv(n * c, block_r),)](
+            x, s, dy, dx, ds, n * c, S, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=BWD_WARPS)
     return dx, ds
 
 
 # --------------------------------------------------------------------------- registration
-@torch.library.custom_op(f"{cm.LIB}::channel_scale", mutates_args=())
+def _channel_scale_fake(x, s):
+    return torch.empty_like(x)
+
+
+@cm.register_op("channel_scale", fake=_channel_scale_fake)
 def _channel_scale_op(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return _forward(x, s)
 
 
-@_channel_scale_op.register_fake
-def _(x, s):
-    return torch.empty_like(x)
+def _channel_scale_backward_fake(dy, x, s):
+    return torch.empty_like(x), s.new_empty(s.shape)
 
 
-@torch.library.custom_op(f"{cm.LIB}::channel_scale_backward", mutates_args=())
+@cm.register_op("channel_scale_backward", fake=_channel_scale_backward_fake)
 def _channel_scale_backward_op(dy: torch.Tensor, x: torch.Tensor,
                                s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _backward(dy, x, s)
-
-
-@_channel_scale_backward_op.register_fake
-def _(dy, x, s):
-    return torch.empty_like(x), s.new_empty(s.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _common as cm
+from ._common import cast_to, gelu_f32, gelu_grad_f32
 
 BLOCK = 2048
 NUM_WARPS = 4
@@ -21,7 +23,7 @@ def _gelu_fwd_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, cm.cast_to(cm.gelu_f32(x), y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, cast_to(gelu_f32(x), y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -30,37 +32,35 @@ def _gelu_bwd_kernel(x_ptr, dy_ptr, dx_ptr, n, BLOCK: tl.constexpr):
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + offs, cm.cast_to(dy * cm.gelu_grad_f32(x), dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + offs, cast_to(dy * gelu_grad_f32(x), dx_ptr.dtype.element_ty), mask=mask)
 
 
 # --------------------------------------------------------------------------- launch + registration
-@torch.library.custom_op(f"{cm.LIB}::gelu", mutates_args=())
+def _gelu_fake(x):
+    return torch.empty_like(x)
+
+
+@cm.register_op("gelu", fake=_gelu_fake)
 def _gelu_op(x: torch.Tensor) -> torch.Tensor:
     y = cm.empty_like(x)
     n = x.numel()
     if n:
-        _gelu_fwd_kernel[(triton.cdiv(n, BLOCK),)](x, y, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        wrap_triton(_gelu_fwd_kernel)[(triton.cdiv(n, BLOCK),)](x, y, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return y
 
 
-@_gelu_op.register_fake
-def _(x):
+def _gelu_backward_fake(dy, x):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op(f"{cm.LIB}::gelu_backward", mutates_args=())
+@cm.register_op("gelu_backward", fake=_gelu_backward_fake)
 def _gelu_backward_op(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dy = cm.same_layout(dy, x)
     dx = cm.empty_like(x)
     n = x.numel()
     if n:
-        _gelu_bwd_kernel[(triton.cdiv(n, BLOCK),)](x, dy, dx, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        wrap_triton(_gelu_bwd_kernel)[(triton.cdiv(n, BLOCK),)](x, dy, dx, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return dx
-
-
-@_gelu_backward_op.register_fake
-def _(dy, x):
-    return torch.empty_like(x)
 
 
 def _setup_context(ctx, inputs, output):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _common as cm
 
@@ -120,7 +121,7 @@ def _forward(images, k):
     progs = cm.persistent_programs(triton.cdiv(count, block_p), images.device, per_sm=max(1, PER_SM // (td * td)))
     s1 = cm.empty((progs, dp), torch.float32, images.device)
     s2 = cm.empty((progs, dp, dp), torch.float32, images.device)
-    _patch_moments_kernel[(progs, td, td)](
+    wrap_triton(_patch_moments_kernel)[(progs, td, td)](
         images, s1, s2, n, ho, wo, d, *images.stride(),
         K=k, BLOCK_P=block_p, BLOCK_D=block_d, ONE_TILE=td == 1, DOT_F32=dot_f32,
         num_warps=warps)
@@ -144,15 +145,14 @@ def _backward(gmean, gcov, images, mean, k):
 
 
 # --------------------------------------------------------------------------- registration
-@torch.library.custom_op(f"{cm.LIB}::patch_covariance", mutates_args=())
-def _patch_covariance_op(images: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(images, kernel_size)
-
-
-@_patch_covariance_op.register_fake
-def _(images, kernel_size):
+def _patch_covariance_fake(images, kernel_size):
     d = images.shape[1] * kernel_size * kernel_size
     return images.new_empty((d,), dtype=torch.float64), images.new_empty((d, d), dtype=torch.float64)
+
+
+@cm.register_op("patch_covariance", fake=_patch_covariance_fake)
+def _patch_covariance_op(images: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(images, kernel_size)
 
 
 def _setup_context(ctx, inputs, output):

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _common as cm
+from ._common import cast_to, gelu_f32, gelu_grad_f32
 
 NUM_WARPS = 8
 LOAD_TILE = 8192     # elements of r per (samples, pixels, channels) tile
@@ -66,7 +68,7 @@ def _fwd_kernel(r_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, m_ptr, N, C, S, CH
                      mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)  # (BH, BC)
         z1 += tl.sum(m[:, None, :] * w1[None, :, :], 2)                      # (BN, BH)
     z1 += tl.load(b1_ptr + hid, mask=hmask, other=0.0).to(tl.float32)[None, :]
-    h = cm.gelu_f32(z1)          # padded hidden units: GELU(0) = 0, so they add nothing below
+    h = gelu_f32(z1)          # padded hidden units: GELU(0) = 0, so they add nothing below
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
@@ -74,7 +76,7 @@ def _fwd_kernel(r_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, m_ptr, N, C, S, CH
                      mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)  # (BH, BC) = w2.T
         z2 = tl.sum(h[:, :, None] * w2[None, :, :], 1)
         z2 += tl.load(b2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(s_ptr + n[:, None] * C + cols[None, :], cm.cast_to(tl.sigmoid(z2), s_ptr.dtype.element_ty),
+        tl.store(s_ptr + n[:, None] * C + cols[None, :], cast_to(tl.sigmoid(z2), s_ptr.dtype.element_ty),
                  mask=nmask[:, None] & cmask[None, :])
 
 
@@ -98,7 +100,7 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                      other=0.0).to(tl.float32)
         z1 += tl.sum(m[:, None, :] * w1[None, :, :], 2)
     z1 += tl.load(b1_ptr + hid, mask=hmask, other=0.0).to(tl.float32)[None, :]
-    h = cm.gelu_f32(z1)
+    h = gelu_f32(z1)
     hmask2 = nmask[:, None] & hmask[None, :]
     tl.store(h_ptr + n[:, None] * CH + hid[None, :], h, mask=hmask2)
     # dz2 = ds * s * (1 - s), with s recomputed in float32; dh = dz2 @ w2
@@ -116,7 +118,7 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
         dz2 = g * s * (1.0 - s)
         tl.store(dz2_ptr + n[:, None] * C + cols[None, :], dz2, mask=mask2)
         dh += tl.sum(dz2[:, None, :] * w2[None, :, :], 2)
-    dz1 = dh * cm.gelu_grad_f32(z1)
+    dz1 = dh * gelu_grad_f32(z1)
     tl.store(dz1_ptr + n[:, None] * CH + hid[None, :], dz1, mask=hmask2)
     # dm = dz1 @ w1, spread evenly over the H*W pixels
     inv_s = 1.0 / S
@@ -127,7 +129,7 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                      other=0.0).to(tl.float32)
         dm = tl.sum(dz1[:, :, None] * w1[None, :, :], 1) * inv_s                # (BN, BC)
         val = (dm[:, None, :] + tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], dtype=tl.float32))
-        val = cm.cast_to(val, dr_ptr.dtype.element_ty)
+        val = cast_to(val, dr_ptr.dtype.element_ty)
         for s0 in range(0, S, BLOCK_S):
             pix = s0 + tl.arange(0, BLOCK_S)
             mask = nmask[:, None, None] & (pix < S)[None, :, None] & cmask[None, None, :]
@@ -162,12 +164,12 @@ def _wgrad_kernel(dz2_ptr, h_ptr, dz1_ptr, m_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2
         acc_w1 = tl.dot(tl.trans(dz1), m, acc_w1, input_precision="ieee")
         acc_b2 += tl.sum(dz2, 0)
         acc_b1 += tl.sum(dz1, 0)
-    tl.store(dw2_ptr + cols[:, None] * CH + hid[None, :], cm.cast_to(acc_w2, dw2_ptr.dtype.element_ty),
+    tl.store(dw2_ptr + cols[:, None] * CH + hid[None, :], cast_to(acc_w2, dw2_ptr.dtype.element_ty),
              mask=cmask[:, None] & hmask[None, :])
-    tl.store(dw1_ptr + hid[:, None] * C + cols[None, :], cm.cast_to(acc_w1, dw1_ptr.dtype.element_ty),
+    tl.store(dw1_ptr + hid[:, None] * C + cols[None, :], cast_to(acc_w1, dw1_ptr.dtype.element_ty),
              mask=hmask[:, None] & cmask[None, :])
-    tl.store(db2_ptr + cols, cm.cast_to(acc_b2, db2_ptr.dtype.element_ty), mask=cmask)
-    tl.store(db1_ptr + hid, cm.cast_to(acc_b1, db1_ptr.dtype.element_ty), mask=hmask & (pid == 0))
+    tl.store(db2_ptr + cols, cast_to(acc_b2, db2_ptr.dtype.element_ty), mask=cmask)
+    tl.store(db1_ptr + hid, cast_to(acc_b1, db1_ptr.dtype.element_ty), mask=hmask & (pid == 0))
 
 
 # --------------------------------------------------------------------------- launch sizes
@@ -202,9 +204,9 @@ def _forward(r, w1, b1, w2, b2):
         return s, m
     cl = cm.layout_4d("r", r)
     bn, bs, bc, bh = _blocks(r, ch, w1.element_size())
-    _fwd_kernel[(triton.cdiv(n, bn),)](r, w1, b1, w2, b2, s, m, n, c, h * w, ch, CHANNELS_LAST=cl,
-                                       BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc, BLOCK_H=bh,
-                                       num_warps=NUM_WARPS)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(n, bn),)](r, w1, b1, w2, b2, s, m, n, c, h * w, ch, CHANNELS_LAST=cl,
+                                                    BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc, BLOCK_H=bh,
+                                                    num_warps=NUM_WARPS)
     return s, m
 
 
@@ -219,9 +221,9 @@ def _backward(ds, r, m, w1, b1, w2, b2):
     if n:
         cl = cm.layout_4d("r", r)
         bn, bs, bc, bh = _blocks(r, ch, w1.element_size())
-        _bwd_kernel[(triton.cdiv(n, bn),)](ds, m, w1, b1, w2, b2, dr, dz2, dz1, hid, n, c, h * w, ch,
-                                           CHANNELS_LAST=cl, BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc,
-                                           BLOCK_H=bh, num_warps=NUM_WARPS)
+        wrap_triton(_bwd_kernel)[(triton.cdiv(n, bn),)](ds, m, w1, b1, w2, b2, dr, dz2, dz1, hid, n, c, h * w, ch,
+                                                        CHANNELS_LAST=cl, BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc,
+                                                        BLOCK_H=bh, num_warps=NUM_WARPS)
     dw1, db1 = cm.empty(tuple(w1.shape), w1.dtype, r.device), cm.empty(tuple(b1.shape), b1.dtype, r.device)
     dw2, db2 = cm.empty(tuple(w2.shape), w2.dtype, r.device), cm.empty(tuple(b2.shape), b2.dtype, r.device)
     if n == 0:
@@ -234,38 +236,36 @@ def _backward(ds, r, m, w1, b1, w2, b2):
     bh = max(16, cm.next_pow2(ch))
     bc = max(16, min(64, cm.next_pow2(c), cm.prev_pow2(max(1, 4096 // bh))))
     small = bh <= 32
-    _wgrad_kernel[(triton.cdiv(c, bc),)](dz2, hid, dz1, m, dw1, db1, dw2, db2, n, c, ch,
-                                         BLOCK_K=64 if small else 16, BLOCK_C=bc, BLOCK_H=bh,
-                                         num_warps=4 if bh <= 64 else 8, num_stages=3 if small else 1)
+    wrap_triton(_wgrad_kernel)[(triton.cdiv(c, bc),)](dz2, hid, dz1, m, dw1, db1, dw2, db2, n, c, ch,
+                                                      BLOCK_K=64 if small else 16, BLOCK_C=bc, BLOCK_H=bh,
+                                                      num_warps=4 if bh <= 64 else 8, num_stages=3 if small else 1)
     return dr, dw1, db1, dw2, db2
 
 
 # --------------------------------------------------------------------------- registration
-@torch.library.custom_op(f"{cm.LIB}::squeeze_excite", mutates_args=())
+def _squeeze_excite_fake(r, w1, b1, w2, b2):
+    n, c = r.shape[:2]
+    return r.new_empty((n, c)), r.new_empty((n, c), dtype=torch.float32)
+
+
+@cm.register_op("squeeze_excite", fake=_squeeze_excite_fake)
 def _squeeze_excite_op(r: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                        b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (gate s in r's dtype, float32 means m kept for backward)."""
     return _forward(r, w1, b1, w2, b2)
 
 
-@_squeeze_excite_op.register_fake
-def _(r, w1, b1, w2, b2):
-    n, c = r.shape[:2]
-    return r.new_empty((n, c)), r.new_empty((n, c), dtype=torch.float32)
+def _squeeze_excite_backward_fake(ds, r, m, w1, b1, w2, b2):
+    return (torch.empty_like(r), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
+            w2.new_empty(w2.shape), b2.new_empty(b2.shape))
 
 
-@torch.library.custom_op(f"{cm.LIB}::squeeze_excite_backward", mutates_args=())
+@cm.register_op("squeeze_excite_backward", fake=_squeeze_excite_backward_fake)
 def _squeeze_excite_backward_op(
         ds: torch.Tensor, r: torch.Tensor, m: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
         w2: torch.Tensor, b2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(ds, r, m, w1, b1, w2, b2)
-
-
-@_squeeze_excite_backward_op.register_fake
-def _(ds, r, m, w1, b1, w2, b2):
-    return (torch.empty_like(r), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
-            w2.new_empty(w2.shape), b2.new_empty(b2.shape))
 
 
 def _setup_context(ctx, inputs, output):

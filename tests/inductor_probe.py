@@ -1,0 +1,114 @@
+"""What torch.compile makes of the kernels' GPU registration, probed on a CPU.
+
+Run in a process WITHOUT TRITON_INTERPRET (tests/test_kernels_inductor_path.py
+starts it), so that `kernels` registers its operations as `triton_op`s, as on a
+GPU. No kernel runs: each operation is compiled with a backend that only records
+the forward and backward graphs AOTAutograd hands it (outputs are zeros of the
+recorded shapes). Prints one JSON object:
+
+  graphs:  case -> {"forward"|"backward": {"launches": [kernel names],
+                                          "opaque": [cifar_speedrun ops left as calls]}}
+  sources: "module.kernel" -> the source Inductor re-emits for that kernel
+           (the kernel with every @triton.jit helper it calls), which a GPU compiles.
+
+Without a driver, Triton cannot analyse which arguments a kernel writes, so the
+graphs clone every input (with a warning, silenced here); on a GPU they do not.
+"""
+import json
+import logging
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch._functorch.aot_autograd import aot_module_simplified  # noqa: E402
+from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
+from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+import kernels  # noqa: E402,F401
+
+logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.CRITICAL)
+MODULES = ["gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance"]
+mod = {name: sys.modules[f"kernels.{name}"] for name in MODULES}
+
+
+def record(graphs, kind):
+    def compiler(gm, example_inputs):
+        launches, opaque = [], []
+        for node in gm.graph.nodes:
+            if node.op != "call_function":
+                continue
+            if "triton_kernel_wrapper" in str(node.target):
+                kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+                while not isinstance(kernel, JITFunction):       # autotune wrappers (num_warps)
+                    kernel = kernel.fn
+                launches.append(kernel.fn.__name__)
+            elif "cifar_speedrun" in str(node.target):
+                opaque.append(str(node.target))
+        graphs[kind] = {"launches": launches, "opaque": opaque}
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        metas = [getattr(o, "meta", {}).get("val") if o is not None else None for o in outputs]
+
+        def fake_run(args):
+            return [torch.zeros(m.shape, dtype=m.dtype).as_strided(m.shape, m.stride())
+                    if isinstance(m, torch.Tensor) and m.is_contiguous() else
+                    torch.empty_strided(m.shape, m.stride(), dtype=m.dtype).zero_()
+                    if isinstance(m, torch.Tensor) else m for m in metas]
+        fake_run._boxed_call = True
+        return fake_run
+    return compiler
+
+
+def probe(fn, inputs, backward=True):
+    graphs = {}
+    torch._dynamo.reset()
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=record(graphs, "forward"),
+                                     bw_compiler=record(graphs, "backward"))
+    out = torch.compile(fn, backend=backend, fullgraph=True)(*inputs)
+    if backward:
+        out.backward()
+    return graphs
+
+
+def t(*shape, channels_last=False, grad=True, dtype=torch.float16):
+    x = torch.randn(shape).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(grad)
+
+
+def main():
+    ag, se, cs, ge, pc = (mod[n] for n in ("affine_gelu", "squeeze_excite", "channel_scale", "gelu",
+                                           "patch_covariance"))
+    cases = {
+        "gelu": (lambda x: ge._gelu_op(x).float().sum(), [t(2, 8, 5, 5, channels_last=True)]),
+        "affine_gelu channels_last": (
+            lambda x, a, b: ag._affine_gelu_op(x, a, b, None).float().sum(),
+            [t(2, 8, 5, 5, channels_last=True), t(8, dtype=torch.float32), t(8, dtype=torch.float32)]),
+        "affine_gelu nchw + residual": (
+            lambda x, a, b, r: ag._affine_gelu_op(x, a, b, r).float().sum(),
+            [t(2, 8, 5, 5), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(2, 8, 5, 5)]),
+        "squeeze_excite": (
+            lambda r, w1, b1, w2, b2: se._squeeze_excite_op(r, w1, b1, w2, b2)[0].float().sum(),
+            [t(2, 32, 3, 3, channels_last=True), t(2, 32), t(2), t(32, 2), t(32)]),
+        "channel_scale": (lambda x, s: cs._channel_scale_op(x, s).float().sum(),
+                          [t(2, 8, 5, 5, channels_last=True), t(2, 8)]),
+    }
+    graphs = {name: probe(fn, inputs) for name, (fn, inputs) in cases.items()}
+    graphs["patch_covariance"] = probe(lambda x: pc._patch_covariance_op(x, 2)[1],
+                                       [t(2, 3, 6, 6, grad=False, dtype=torch.float32)], backward=False)
+    sources = {}
+    for name, module in mod.items():
+        for attr, value in vars(module).items():
+            if isinstance(value, JITFunction) and attr.endswith("kernel"):
+                sources[f"{name}.{attr}"] = user_defined_triton_kernel_transitive_closure_source_code(value)
+    print(json.dumps({"graphs": graphs, "sources": sources}))
+
+
+if __name__ == "__main__":
+    main()

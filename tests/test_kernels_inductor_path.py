@@ -1,0 +1,123 @@
+"""The kernels as torch.compile sees them on a GPU, checked on a CPU.
+
+On a GPU every operation is a `triton_op`: Inductor traces into it, finds each
+`wrap_triton(kernel)[grid](...)` launch and re-emits the kernel's source (with
+the @triton.jit helpers it calls by name) into its own generated code. CI runs
+kernels in the interpreter, where operations are opaque custom ops instead, so
+tests/inductor_probe.py is run in a second process without TRITON_INTERPRET to
+(1) compile every operation and record which kernel launches its forward and
+backward graphs contain, and (2) collect the source Inductor would emit for every
+kernel. Here each emitted source is loaded as a kernel of its own, swapped in for
+the original and run against the eager twin: a helper Inductor failed to carry
+along (a `cm.helper` call, say) fails here instead of on the GPU.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels._testing import (DEVICE, _fresh_inputs_and_poison, check_against_eager,  # noqa: F401
+                              make)
+
+PROBE = Path(__file__).with_name("inductor_probe.py")
+
+EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
+    "gelu": (["_gelu_fwd_kernel"], ["_gelu_bwd_kernel"]),
+    "affine_gelu channels_last": (["_fwd_kernel"], ["_bwd_cl_kernel", "_sum_rows_kernel"]),
+    "affine_gelu nchw + residual": (["_fwd_kernel"], ["_bwd_nchw_kernel", "_sum_rows_kernel"]),
+    "squeeze_excite": (["_fwd_kernel"], ["_bwd_kernel", "_wgrad_kernel"]),
+    "channel_scale": (["_fwd_kernel"], ["_bwd_cl_kernel"]),
+    "patch_covariance": (["_patch_moments_kernel"], None),
+}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(PROBE)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"inductor_probe.py failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", list(EXPECTED_LAUNCHES))
+def test_compiled_graphs_launch_the_kernels_directly(probe, case):
+    forward, backward = EXPECTED_LAUNCHES[case]
+    graphs = probe["graphs"][case]
+    assert graphs["forward"] == {"launches": forward, "opaque": []}
+    if backward is None:
+        assert "backward" not in graphs
+    else:
+        assert graphs["backward"] == {"launches": backward, "opaque": []}
+
+
+def _load_emitted(source: str, kernel_name: str, tmp_path: Path):
+    """The kernel defined by Inductor's emitted `source`, loaded from a file (Triton reads
+    kernels' source from their files)."""
+    path = tmp_path / f"emitted_{kernel_name}.py"
+    path.write_text(f"import triton\nimport triton.language as tl\n\n\n@triton.jit\n{source}\n")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, kernel_name)
+
+
+def _exercise_gelu(dtype, channels_last):
+    x = make((2, 8, 5, 5), dtype, channels_last)
+    check_against_eager(kernels.gelu, kernels.gelu_eager, [x], torch.randn_like(x), dtype)
+
+
+def _exercise_affine_gelu(dtype, channels_last):
+    shape = (2, 40, 5, 7)
+    inputs = [make(shape, dtype, channels_last), make((40,), torch.float32, scale=0.5, shift=1.0),
+              make((40,), torch.float32, scale=0.5), make(shape, dtype, channels_last)]
+    g = torch.randn(shape, device=DEVICE, dtype=dtype)
+    check_against_eager(kernels.affine_gelu, kernels.affine_gelu_eager, inputs, g, dtype, reduced=(2, 3))
+
+
+def _exercise_squeeze_excite(dtype, channels_last):
+    n, c, h, w, ch = 3, 64, 5, 5, 4
+    inputs = [make((n, c, h, w), dtype, channels_last, shift=0.2), make((ch, c), dtype, scale=c ** -0.5),
+              make((ch,), dtype, scale=0.5), make((c, ch), dtype, scale=ch ** -0.5 * 2), make((c,), dtype, scale=0.5)]
+    g = torch.randn(n, c, device=DEVICE, dtype=dtype)
+    check_against_eager(kernels.squeeze_excite, kernels.squeeze_excite_eager, inputs, g, dtype,
+                        reduced=(2, 3, 4, 5))
+
+
+def _exercise_channel_scale(dtype, channels_last):
+    shape = (2, 24, 5, 5)
+    inputs = [make(shape, dtype, channels_last), make(shape[:2], dtype, scale=0.3, shift=0.5)]
+    g = torch.randn(shape, device=DEVICE, dtype=dtype)
+    check_against_eager(kernels.channel_scale, kernels.channel_scale_eager, inputs, g, dtype, reduced=(2,))
+
+
+def _exercise_patch_covariance(dtype, channels_last):
+    images = make((4, 3, 9, 8), dtype, channels_last, requires_grad=False)
+    mean, cov = kernels.patch_covariance(images, 2, backend="triton")
+    mean_r, cov_r = kernels.patch_covariance(images, 2, backend="eager")
+    torch.testing.assert_close(mean, mean_r, rtol=0, atol=1e-6)
+    assert float((cov - cov_r).norm() / cov_r.norm()) <= 1e-5
+
+
+EXERCISES = {"gelu": _exercise_gelu, "affine_gelu": _exercise_affine_gelu,
+             "squeeze_excite": _exercise_squeeze_excite, "channel_scale": _exercise_channel_scale,
+             "patch_covariance": _exercise_patch_covariance}
+
+
+@pytest.mark.parametrize("module_name", list(EXERCISES))
+def test_emitted_kernel_sources_compute_the_same(probe, module_name, tmp_path, monkeypatch):
+    module = sys.modules[f"kernels.{module_name}"]
+    emitted = {key.split(".", 1)[1]: src for key, src in probe["sources"].items()
+               if key.split(".", 1)[0] == module_name}
+    own = sorted(name for name in vars(module) if name.endswith("kernel") and name.startswith("_"))
+    assert sorted(emitted) == own, "the probe must see every kernel of the module"
+    for name, source in emitted.items():
+        monkeypatch.setattr(module, name, _load_emitted(source, name, tmp_path))
+    for dtype in (torch.float32, torch.float16):
+        for channels_last in (False, True):
+            EXERCISES[module_name](dtype, channels_last)
