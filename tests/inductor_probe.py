@@ -7,15 +7,18 @@ the forward and backward graphs AOTAutograd hands it (outputs are zeros of the
 recorded shapes). Prints one JSON object:
 
   graphs:  case -> {"forward"|"backward": {"launches": [kernel names],
-                                          "opaque": [cifar_speedrun ops left as calls]}}
+                                          "opaque": [cifar_speedrun ops left as calls],
+                                          "cloned": [kernel arguments copied for safety]}}
   sources: "module.kernel" -> the source Inductor re-emits for that kernel
            (the kernel with every @triton.jit helper it calls), which a GPU compiles.
 
-Without a driver, Triton cannot analyse which arguments a kernel writes, so the
-graphs clone every input (with a warning, silenced here); on a GPU they do not.
+Tracing asks Triton which arguments each kernel writes (by compiling it to Triton
+IR); an argument it cannot rule out is cloned before every launch, a silent extra
+copy. That analysis needs only a compile target, not a GPU, so a stand-in driver
+names an sm_90 one. "cloned" lists the arguments cloned although they are not
+fresh output buffers: it should be empty.
 """
 import json
-import logging
 import os
 import sys
 
@@ -23,6 +26,8 @@ assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTER
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
 from torch._functorch.aot_autograd import aot_module_simplified  # noqa: E402
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
 from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code  # noqa: E402
@@ -30,14 +35,26 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 import kernels  # noqa: E402,F401
 
-logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.CRITICAL)
+
+
+class TargetOnlyDriver:
+    """Enough of a Triton driver for compiling kernels to Triton IR for an H100 (sm_90)."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+
+triton.runtime.driver.set_active(TargetOnlyDriver())
 MODULES = ["gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance"]
 mod = {name: sys.modules[f"kernels.{name}"] for name in MODULES}
 
 
 def record(graphs, kind):
     def compiler(gm, example_inputs):
-        launches, opaque = [], []
+        launches, opaque, cloned = [], [], []
         for node in gm.graph.nodes:
             if node.op != "call_function":
                 continue
@@ -46,9 +63,12 @@ def record(graphs, kind):
                 while not isinstance(kernel, JITFunction):       # autotune wrappers (num_warps)
                     kernel = kernel.fn
                 launches.append(kernel.fn.__name__)
+                args = node.kwargs["kwargs"]
+                cloned += [f"{kernel.fn.__name__}.{name}" for name in node.kwargs["tensors_to_clone"]
+                           if "empty" not in str(args[name].target)]
             elif "cifar_speedrun" in str(node.target):
                 opaque.append(str(node.target))
-        graphs[kind] = {"launches": launches, "opaque": opaque}
+        graphs[kind] = {"launches": launches, "opaque": opaque, "cloned": cloned}
         outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         metas = [getattr(o, "meta", {}).get("val") if o is not None else None for o in outputs]
 

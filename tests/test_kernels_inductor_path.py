@@ -6,7 +6,7 @@ the @triton.jit helpers it calls by name) into its own generated code. CI runs
 kernels in the interpreter, where operations are opaque custom ops instead, so
 tests/inductor_probe.py is run in a second process without TRITON_INTERPRET to
 (1) compile every operation and record which kernel launches its forward and
-backward graphs contain, and (2) collect the source Inductor would emit for every
+backward graphs contain (and that none of them clones an argument it only reads), and (2) collect the source Inductor would emit for every
 kernel. Here each emitted source is loaded as a kernel of its own, swapped in for
 the original and run against the eager twin: a helper Inductor failed to carry
 along (a `cm.helper` call, say) fails here instead of on the GPU.
@@ -49,11 +49,11 @@ def probe():
 def test_compiled_graphs_launch_the_kernels_directly(probe, case):
     forward, backward = EXPECTED_LAUNCHES[case]
     graphs = probe["graphs"][case]
-    assert graphs["forward"] == {"launches": forward, "opaque": []}
+    assert graphs["forward"] == {"launches": forward, "opaque": [], "cloned": []}
     if backward is None:
         assert "backward" not in graphs
     else:
-        assert graphs["backward"] == {"launches": backward, "opaque": []}
+        assert graphs["backward"] == {"launches": backward, "opaque": [], "cloned": []}
 
 
 def _load_emitted(source: str, kernel_name: str, tmp_path: Path):
