@@ -157,6 +157,13 @@ def nesterov_sgd_(params, grads, buffers, lr, weight_decay: float, momentum: flo
     torch._foreach_sub_(params, grads)
 
 
+def nesterov_sgd_groups_(groups):
+    """nesterov_sgd_ for every (params, grads, buffers, lr, weight_decay, momentum) group:
+    compiled, the whole update of a step is one graph and one call."""
+    for params, grads, buffers, lr, weight_decay, momentum in groups:
+        nesterov_sgd_(params, grads, buffers, lr, weight_decay, momentum)
+
+
 class NesterovSGD:
     """One parameter group: its parameters, momentum buffers, peak lr and weight decay."""
 
@@ -167,13 +174,29 @@ class NesterovSGD:
         device = self.params[0].device if self.params else "cpu"
         self.lr = torch.tensor(peak_lr, dtype=torch.float32, device=device)
 
+    def group(self) -> tuple:
+        """What nesterov_sgd_ takes: (params, grads, buffers, lr, weight_decay, momentum)."""
+        return (self.params, [p.grad for p in self.params], self.buffers, self.lr,
+                self.weight_decay, self.momentum)
+
     def step(self, update=nesterov_sgd_):
         """Apply `update` (nesterov_sgd_ or its compiled version), then drop the gradients."""
         with torch.no_grad():
-            update(self.params, [p.grad for p in self.params], self.buffers, self.lr,
-                   self.weight_decay, self.momentum)
+            update(*self.group())
+        self.zero_grad()
+
+    def zero_grad(self):
         for p in self.params:
             p.grad = None
+
+
+def step_optimizers(optimizers, update=nesterov_sgd_groups_):
+    """One update of every group in a single `update` call (nesterov_sgd_groups_ or its
+    compiled version), then drop the gradients."""
+    with torch.no_grad():
+        update([optimizer.group() for optimizer in optimizers])
+    for optimizer in optimizers:
+        optimizer.zero_grad()
 
 
 def make_optimizers(model: Network, config: Config) -> list[NesterovSGD]:
@@ -246,11 +269,11 @@ class Trainer:
         self.device, self.dtype = torch.device(device), dtype
         self.compile, self.compile_mode = compile, compile_mode
         self.compile_seconds = None
-        self.forward_loss, self.update, self.logits = self._forward_loss, nesterov_sgd_, self._logits
+        self.forward_loss, self.update, self.logits = self._forward_loss, nesterov_sgd_groups_, self._logits
         if compile:
             options = dict(mode=compile_mode, fullgraph=True)
             self.forward_loss = torch.compile(self._forward_loss, **options)
-            self.update = torch.compile(nesterov_sgd_, **options)
+            self.update = torch.compile(nesterov_sgd_groups_, **options)
             self.logits = torch.compile(self._logits, **options)
 
     def _forward_loss(self, model: Network, images, labels):
@@ -270,8 +293,7 @@ class Trainer:
     def train_step(self, model: Network, optimizers, images, labels):
         loss, correct = self.forward_loss(model, images, labels)
         loss.backward()
-        for optimizer in optimizers:
-            optimizer.step(self.update)
+        step_optimizers(optimizers, self.update)
         return loss.detach(), correct
 
     def evaluate(self, model: Network, test: CifarLoader) -> float:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from engine.config import Config
 from engine.model import Network, build_network, parameter_groups
 from engine.ops import make_ops
-from engine.train import EMA, NesterovSGD, loss_function, make_optimizers, nesterov_sgd_
+from engine.train import EMA, NesterovSGD, loss_function, make_optimizers, nesterov_sgd_, step_optimizers
 
 
 def network(base_width=64, kind="eager"):
@@ -86,6 +86,29 @@ def test_nesterov_update_matches_torch_sgd():
         assert all(p.grad is None for p in ours.params)
         for a, b in zip(reference, ours.params):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_one_update_call_for_both_groups_matches_torch_sgd():
+    """step_optimizers (what the trainer calls, compiled as one graph with --compile):
+    two groups with their own lr and weight decay, as torch.optim.SGD's param groups."""
+    torch.manual_seed(3)
+    groups = [[torch.randn(4, 2), torch.randn(3)], [torch.randn(6)]]
+    settings = [(0.1, 0.2), (0.7, 0.01)]
+    reference = [[p.clone().requires_grad_() for p in g] for g in groups]
+    optimizer = torch.optim.SGD([{"params": r, "lr": lr, "weight_decay": wd}
+                                 for r, (lr, wd) in zip(reference, settings)], momentum=0.85, nesterov=True)
+    ours = [NesterovSGD([p.clone().requires_grad_() for p in g], lr, wd, 0.85) for g, (lr, wd) in zip(groups, settings)]
+    for _ in range(3):
+        for r, o in zip(reference, ours):
+            for a, b in zip(r, o.params):
+                a.grad = torch.randn_like(a)
+                b.grad = a.grad.clone()
+        optimizer.step()
+        step_optimizers(ours)
+        for r, o in zip(reference, ours):
+            assert all(p.grad is None for p in o.params)
+            for a, b in zip(r, o.params):
+                torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
 
 
 def test_loss_is_the_scaled_sum_of_smoothed_cross_entropies():
