@@ -4,15 +4,24 @@
 #   bench/device_check.sh [--quick] [--runs N] [--label TEXT] DATA.npz [OUTDIR]
 #
 # On a fresh H100/H200 machine with the project at its root and nothing
-# installed (python3 with torch, triton, numpy, pytest): the environment, the
-# kernel tests on CUDA, bench/kernels.py, bench/train.py (N runs of each
-# variant on DATA), logs and JSON into OUTDIR (default: $OUT when set, else
-# out/device_check), then a short summary printed last. Full: under 8 minutes
-# with 5 runs (stage limits 120 + 300 + 90 s); --quick (2 runs of eager and
-# compile+triton, fewer kernel tests and ops): under 3 minutes (50 + 110 + 50 s).
-# Every stage has its own time limit; one failing stage does not stop the rest.
-# DEVICE_CHECK_TRAIN_ARGS (extra bench/train.py arguments) and DEVICE_CHECK_TEST_ARGS
-# (extra pytest arguments) let a CPU dry run exercise the plumbing with tiny sizes.
+# installed (python3 with torch, triton, numpy, pytest), in this order: the
+# environment; bench/train.py, the headline (N runs of each variant on DATA,
+# then one profiled run per variant: host and wall ms/step, GPU kernel ms/step,
+# kernels and launch calls per step, top kernels and host ops, a Chrome trace);
+# the kernel tests on CUDA; bench/kernels.py. Logs, JSON and traces.tar go to
+# OUTDIR (default: $OUT when set, else out/device_check): 8 files at most, as
+# the device tool brings back. A short summary, profile lines included, is
+# printed last. Stage limits (train + tests + kernel bench):
+#   full:    280 + 90 + 70 s = 440 s, under 8 minutes with the environment;
+#            eager, compile, compile+triton, compile+triton+cudagraphs, 5 runs,
+#            20 profiled steps
+#   --quick: 100 + 35 + 30 s = 165 s, under 3 minutes; eager and compile+triton,
+#            2 runs, 15 profiled steps, fewer kernel tests and ops
+# Every stage has its own time limit; one failing stage does not stop the rest,
+# and a failing variant does not stop the other variants.
+# DEVICE_CHECK_TRAIN_ARGS (extra bench/train.py arguments, after the script's own:
+# they win) and DEVICE_CHECK_TEST_ARGS (extra pytest arguments) let a CPU dry run
+# exercise the plumbing with tiny sizes.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -22,7 +31,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs="$2"; shift ;;
     --label) label="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) if [ -z "$data" ]; then data="$1"; elif [ -z "$outdir" ]; then outdir="$1"; else
          echo "device_check.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
@@ -35,13 +44,17 @@ fi
 outdir="${outdir:-${OUT:-out/device_check}}"
 mkdir -p "$outdir"
 label="${label:-$(basename "$data")}"
+rm -rf "$outdir/traces" "$outdir/traces.tar"; : > "$outdir/train.log"; : > "$outdir/kernels.log"   # a rerun starts clean
 if [ "$quick" = 1 ]; then   # the headline pair only, fewer kernel tests and ops
-  runs="${runs:-2}"; t_tests=50; t_kbench=50; t_train=110
+  runs="${runs:-2}"; t_train=100; t_tests=35; t_kbench=30
   test_select="(kernels and not bfloat16) or (integration and not compile)"
-  train_extra=(--variants eager,compile+triton); kbench_extra=(--only affine_gelu,squeeze_excite)
+  train_extra=(--variants eager,compile+triton --profile-steps 15)
+  kbench_extra=(--only affine_gelu,squeeze_excite)
 else
-  runs="${runs:-5}"; t_tests=120; t_kbench=90; t_train=300
-  test_select="kernels or (integration and not compile)"; train_extra=(); kbench_extra=()
+  runs="${runs:-5}"; t_train=280; t_tests=90; t_kbench=70
+  test_select="kernels or (integration and not compile)"
+  train_extra=(--variants eager,compile,compile+triton,compile+triton+cudagraphs --profile-steps 20)
+  kbench_extra=()
 fi
 parallel=()
 python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
@@ -67,14 +80,26 @@ run_stage() {  # name seconds log command...
   git rev-parse HEAD 2>/dev/null || echo "no git"
 } > "$outdir/env_and_tests.log" 2>&1
 
-# 2. Kernel tests on CUDA (the same tests CI runs in the interpreter).
-run_stage "kernel tests (CUDA)" $t_tests "$outdir/env_and_tests.log" \
-  $PY -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/ -k "$test_select" ${DEVICE_CHECK_TEST_ARGS:-}
-
-# 3. Whole-run benchmark: the headline.
+# 2. Whole-run benchmark with a profiled window per variant: the headline, first.
 run_stage "bench/train.py" $t_train "$outdir/train.log" \
   $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" --json "$outdir/train.json" \
-    "${train_extra[@]}" ${DEVICE_CHECK_TRAIN_ARGS:-}
+    --trace-dir "$outdir/traces" "${train_extra[@]}" ${DEVICE_CHECK_TRAIN_ARGS:-}
+# The traces in one file (the device tool brings back 8 files of 16 MiB at most).
+if [ -d "$outdir/traces" ]; then
+  traces=(); bytes=0
+  for f in "$outdir"/traces/*.json.gz; do
+    [ -f "$f" ] || continue
+    size=$(stat -c %s "$f")
+    if [ $(( bytes + size )) -le 15000000 ]; then traces+=("$(basename "$f")"); bytes=$(( bytes + size ))
+    else echo "traces.tar: left out $(basename "$f") ($size bytes)" >> "$outdir/train.log"; fi
+  done
+  [ ${#traces[@]} -gt 0 ] && tar -cf "$outdir/traces.tar" -C "$outdir/traces" "${traces[@]}"
+  rm -rf "$outdir/traces"
+fi
+
+# 3. Kernel tests on CUDA (the same tests CI runs in the interpreter).
+run_stage "kernel tests (CUDA)" $t_tests "$outdir/env_and_tests.log" \
+  $PY -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/ -k "$test_select" ${DEVICE_CHECK_TEST_ARGS:-}
 
 # 4. Kernel benchmark.
 run_stage "bench/kernels.py" $t_kbench "$outdir/kernels.log" \
@@ -86,9 +111,16 @@ cp bench/results/train.csv bench/results/kernels.csv "$outdir/" 2>/dev/null
   echo "================ device check summary ($(( $(date +%s) - start )) s) ================"
   head -n 4 "$outdir/env_and_tests.log"
   printf '%s\n' "${stage_status[@]}"
+  echo "--- bench/train.py (details: train.log, train.json, traces.tar) ---"
+  if grep -q '^bench/train.py on' "$outdir/train.log"; then
+    sed -n '/^bench\/train.py on/,/^$/p' "$outdir/train.log"
+    grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log"
+  else   # stopped before its table (time limit): what each variant printed as it went
+    echo "(no final table: the stage stopped early; per-variant lines as printed, partial train.json)"
+    grep -E "^\[" "$outdir/train.log"
+  fi
+  echo "--- kernel tests ---"
   grep -E "passed|failed|error" "$outdir/env_and_tests.log" | tail -n 2
   echo "--- bench/kernels.py ---"
   sed -n '/^op /,$p' "$outdir/kernels.log" | head -n 40
-  echo "--- bench/train.py ---"
-  sed -n '/^bench\/train.py on/,/^wrote/p' "$outdir/train.log"
 } | tee "$outdir/summary.txt"

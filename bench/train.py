@@ -4,22 +4,35 @@
     python bench/train.py --data /tmp/cifar10.npz --data-label "CIFAR-10 (JPEG copy)" --runs 10
 
 Variants: eager (eager network, eager kernel twins), compile (torch.compile,
-eager twins), compile+triton (torch.compile, the Triton kernels). Each is warmed
-up (and compiled) first, then trained --runs times with seeds --seed.. . Per
-variant it prints mean and std of the final EMA accuracy, the share of runs >= 94%,
-seconds per run in both timing conventions, the speed-up over the eager variant,
-achieved TFLOP/s (counted with torch.utils.flop_counter) and peak GPU memory;
-writes --json, and appends one row per variant to bench/results/train.csv.
+eager twins), compile+triton (torch.compile, the Triton kernels): the default
+set; compile+cudagraphs and compile+triton+cudagraphs are the last two with
+compile mode reduce-overhead (CUDA graphs). Each is warmed up (and compiled)
+first, then trained --runs times with seeds --seed.. . Per variant it prints mean
+and std of the final EMA accuracy, the share of runs >= 94%, seconds per run in
+both timing conventions, the speed-up over the eager variant, achieved TFLOP/s
+(counted with torch.utils.flop_counter) and peak GPU memory; writes --json, and
+appends one row per variant to bench/results/train.csv. A variant that fails
+(a compile error, say) is reported as FAILED and the others go on.
+
+--profile-steps K: after a variant's timed runs, the same trainer trains once
+more under torch.profiler (bench/profile_steps.py), stopped after a K-step window
+early in epoch 2; not counted in the statistics. Per variant: host and wall
+ms/step, GPU kernel ms/step, kernels and launch calls per step, the top kernels
+and host ops; --trace-dir also keeps a gzip'd Chrome trace of the window.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import os
 import sys
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:   # after the root: bench/kernels.py
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # must not shadow the kernels package
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -30,12 +43,16 @@ from engine.model import build_network  # noqa: E402
 from engine.ops import make_ops  # noqa: E402
 from engine.report import device_name, environment, summarize, write_json  # noqa: E402
 from engine.train import COMPILE_MODES, Trainer, loss_function  # noqa: E402
+from profile_steps import format_detail, format_line, profile_run  # noqa: E402
 
-VARIANTS = {                      # name: (compile, kernels)
-    "eager": (False, "eager"),
-    "compile": (True, "eager"),
-    "compile+triton": (True, "triton"),
+VARIANTS = {                      # name: (compile, kernels, compile mode; None: --compile-mode)
+    "eager": (False, "eager", None),
+    "compile": (True, "eager", None),
+    "compile+triton": (True, "triton", None),
+    "compile+cudagraphs": (True, "eager", "reduce-overhead"),
+    "compile+triton+cudagraphs": (True, "triton", "reduce-overhead"),
 }
+DEFAULT_VARIANTS = ("eager", "compile", "compile+triton")
 RESULTS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train.csv")
 CSV_COLUMNS = ("gpu", "date", "commit", "torch", "triton", "data", "variant", "compile_mode", "runs",
                "mean_ema_accuracy", "std_ema_accuracy", "share_at_or_above_94", "mean_train_seconds",
@@ -58,6 +75,55 @@ def flops_per_run(config: Config, device, dtype, test_images: int) -> float:
     return step * config.total_steps + forward_per_image * 2 * test_images
 
 
+def compile_mode_of(name: str, default_mode: str) -> str:
+    """The compile mode a variant really uses ("off" when it is not compiled)."""
+    compile, _, mode = VARIANTS[name]
+    return (mode or default_mode) if compile else "off"
+
+
+def bench_variant(name, args, config, train, test, device, dtype, flops, runs: list) -> dict:
+    """Warm-up, --runs timed runs (appended to `runs` as they finish) and the optional
+    profiling run of one variant; exceptions propagate to the caller."""
+    compile, kernels, _ = VARIANTS[name]
+    mode = compile_mode_of(name, args.compile_mode)
+    if compile:
+        import torch._dynamo
+        torch._dynamo.reset()     # each variant compiles afresh (and never hits the recompile limit)
+    trainer = Trainer(config, make_ops(kernels), device, dtype, compile=compile,
+                      compile_mode=mode if compile else args.compile_mode)
+    start = time.perf_counter()
+    warmup = trainer.warm_up(train, test)
+    print(f"[{name}] warm-up{f' + compile ({mode})' if compile else ''}: {warmup:.1f} s "
+          f"(wall {time.perf_counter() - start:.1f} s)", flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for index in range(args.runs):
+        result = trainer.run(train, test, args.seed + index, evaluate_every_epoch=False)
+        runs.append(result.to_dict())
+        print(f"[{name}] run {index + 1}/{args.runs}: EMA {100 * result.ema_accuracy:.2f}%  "
+              f"{result.train_seconds:.3f} s training  {result.total_seconds:.3f} s in all", flush=True)
+    summary = summarize(runs)
+    summary.update(
+        compile_seconds=trainer.compile_seconds, warmup_seconds=warmup,
+        tflops=flops / summary["mean_total_seconds"] / 1e12,
+        peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None))
+    entry = {"compile_mode": mode, "kernels": kernels, "summary": summary, "runs": runs}
+    if args.profile_steps:
+        trace = (os.path.join(args.trace_dir, f"trace_{name.replace('+', '_')}.json.gz")
+                 if args.trace_dir else None)
+        try:
+            entry["profile"] = profile_run(trainer, train, test, args.seed, args.profile_steps, trace,
+                                           args.trace_max_mb)
+            print(f"[{name}] {format_line(name, entry['profile'])}; {entry['profile']['seconds']:.1f} s",
+                  flush=True)
+        except Exception as error:   # the timed figures stand without it
+            first = (str(error).strip().splitlines() or [""])[0]
+            entry["profile"] = {"error": f"{type(error).__name__}: {first}", "traceback": traceback.format_exc()}
+            print(f"[{name}] profiling FAILED: {type(error).__name__}: {first}\n{traceback.format_exc()}",
+                  flush=True)
+    return entry
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic", help="as run.py --data (default synthetic)")
@@ -65,12 +131,17 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic-size", type=int, default=50_000)
     p.add_argument("--runs", type=int, default=5, help="runs per variant (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated subset of {', '.join(VARIANTS)}")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated subset of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="compile mode of the variants that do not fix their own (default 'default')")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--epochs", type=int, default=Config().epochs)
     p.add_argument("--base-width", type=int, default=Config().base_width)
+    p.add_argument("--profile-steps", type=int, default=0, metavar="K",
+                   help="after the timed runs, profile K steps of one more run per variant (default 0: off)")
+    p.add_argument("--trace-dir", help="with --profile-steps: keep a gzip'd Chrome trace per variant here")
+    p.add_argument("--trace-max-mb", type=float, default=15.0, help="drop a trace larger than this (default 15)")
     p.add_argument("--json", help="write all figures here")
     p.add_argument("--csv", default=RESULTS_CSV, help="append rows here (default bench/results/train.csv); '' for none")
     args = p.parse_args(argv)
@@ -80,6 +151,8 @@ def main(argv=None) -> int:
         p.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
     if args.runs < 1:
         p.error("--runs must be at least 1")
+    if args.profile_steps < 0:
+        p.error("--profile-steps must be 0 (off) or more")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available here; use --device cpu")
@@ -104,70 +177,78 @@ def main(argv=None) -> int:
 
     results = {}
     for name in variants:
-        compile, kernels = VARIANTS[name]
-        trainer = Trainer(config, make_ops(kernels), device, dtype, compile=compile,
-                          compile_mode=args.compile_mode)
-        start = time.perf_counter()
-        warmup = trainer.warm_up(train, test)
-        print(f"[{name}] warm-up{' + compile' if compile else ''}: {warmup:.1f} s "
-              f"(wall {time.perf_counter() - start:.1f} s)", flush=True)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         runs = []
-        for index in range(args.runs):
-            result = trainer.run(train, test, args.seed + index, evaluate_every_epoch=False)
-            runs.append(result.to_dict())
-            print(f"[{name}] run {index + 1}/{args.runs}: EMA {100 * result.ema_accuracy:.2f}%  "
-                  f"{result.train_seconds:.3f} s training  {result.total_seconds:.3f} s in all", flush=True)
-        summary = summarize(runs)
-        summary.update(
-            compile_seconds=trainer.compile_seconds, warmup_seconds=warmup,
-            tflops=flops / summary["mean_total_seconds"] / 1e12,
-            peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None))
-        results[name] = {"summary": summary, "runs": runs}
+        try:
+            results[name] = bench_variant(name, args, config, train, test, device, dtype, flops, runs)
+        except Exception as error:    # a failed variant (a compile error, say) must not stop the others
+            first = (str(error).strip().splitlines() or [""])[0]
+            print(f"[{name}] FAILED: {type(error).__name__}: {first}\n{traceback.format_exc()}", flush=True)
+            results[name] = {"compile_mode": compile_mode_of(name, args.compile_mode), "kernels": VARIANTS[name][1],
+                             "error": f"{type(error).__name__}: {first}", "traceback": traceback.format_exc(),
+                             "runs": runs}
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         if args.json:     # after every variant: a time limit never loses a finished variant
             write_json(args.json, {"variants": results, "partial": True, "data_source": data_source, **env})
 
-    base = results.get("eager", {}).get("summary")
-    for entry in results.values():
+    finished = {name: entry for name, entry in results.items() if "summary" in entry}
+    base = finished.get("eager", {}).get("summary")
+    for entry in finished.values():
         s = entry["summary"]
         s["speedup_total"] = base["mean_total_seconds"] / s["mean_total_seconds"] if base else None
         s["speedup_train"] = base["mean_train_seconds"] / s["mean_train_seconds"] if base else None
 
     date = time.strftime("%Y-%m-%d")
+    width = max(15, *(len(name) for name in results))
     print(f"\nbench/train.py on {env['device']}, {date}, commit {env['git_commit']}, torch {env['torch']}, "
           f"triton {env['triton']}, data: {data_source}")
-    print(f"{'variant':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'>=94%':>6} {'train s':>8} {'total s':>8} "
-          f"{'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
+    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'>=94%':>6} {'train s':>8} "
+          f"{'total s':>8} {'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for name, entry in results.items():
+        if "summary" not in entry:
+            print(f"{name:<{width}} {entry['compile_mode']:<15} FAILED: {entry['error']}")
+            continue
         s = entry["summary"]
-        fmt = lambda v, spec: "-" if v is None else format(v, spec)
-        print(f"{name:<15} {s['runs']:>4} {100 * s['mean_ema_accuracy']:>7.2f}% {100 * s['std_ema_accuracy']:>5.2f}% "
-              f"{100 * s['share_at_or_above_94']:>5.0f}% {s['mean_train_seconds']:>8.3f} {s['mean_total_seconds']:>8.3f} "
+        print(f"{name:<{width}} {entry['compile_mode']:<15} {s['runs']:>4} {100 * s['mean_ema_accuracy']:>7.2f}% "
+              f"{100 * s['std_ema_accuracy']:>5.2f}% {100 * s['share_at_or_above_94']:>5.0f}% "
+              f"{s['mean_train_seconds']:>8.3f} {s['mean_total_seconds']:>8.3f} "
               f"{fmt(s['speedup_total'], '>7.2f')}x {s['tflops']:>8.1f} {fmt(s['peak_memory_gib'], '>8.2f')} "
               f"{fmt(s['compile_seconds'], '>9.1f')}")
+    profiled = {name: entry["profile"] for name, entry in results.items() if "profile" in entry}
+    if profiled:
+        print("\nprofiled window per variant (ms per training step; host: the CPU's time to issue the steps, "
+              "wall: until the GPU is done; unprofiled: the same count of steps just before, no profiler)")
+        for name, profile in profiled.items():
+            print(format_line(name, profile))
+        for name, profile in profiled.items():
+            detail = format_detail(name, profile)
+            if detail:
+                print(detail)
 
     payload = {"variants": results, "data_source": data_source, "runs_per_variant": args.runs,
-               "flops_per_run": flops, "compile_mode": args.compile_mode, "config": config.to_dict(),
-               "date": date, **env}
+               "flops_per_run": flops, "compile_mode": args.compile_mode, "profile_steps": args.profile_steps,
+               "config": config.to_dict(), "date": date, **env}
     if args.json:
         write_json(args.json, payload)
         print(f"wrote {args.json}")
-    if args.csv:
+    if args.csv and finished:
         new = not os.path.exists(args.csv)
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
         with open(args.csv, "a", newline="") as file:
             writer = csv.writer(file)
             if new:
                 writer.writerow(CSV_COLUMNS)
-            for name, entry in results.items():
+            for name, entry in finished.items():
                 s = entry["summary"]
                 writer.writerow([env["device"], date, env["git_commit"], env["torch"], env["triton"], data_source,
-                                 name, args.compile_mode, s["runs"], s["mean_ema_accuracy"], s["std_ema_accuracy"],
-                                 s["share_at_or_above_94"], s["mean_train_seconds"], s["mean_total_seconds"],
-                                 s["speedup_total"], s["tflops"], s["peak_memory_gib"], s["compile_seconds"]])
-        print(f"appended {len(results)} row(s) to {args.csv}")
-    return 0
+                                 name, entry["compile_mode"], s["runs"], s["mean_ema_accuracy"],
+                                 s["std_ema_accuracy"], s["share_at_or_above_94"], s["mean_train_seconds"],
+                                 s["mean_total_seconds"], s["speedup_total"], s["tflops"], s["peak_memory_gib"],
+                                 s["compile_seconds"]])
+        print(f"appended {len(finished)} row(s) to {args.csv}")
+    return 1 if len(finished) < len(results) else 0
 
 
 if __name__ == "__main__":
