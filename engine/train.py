@@ -7,6 +7,7 @@ one network from scratch and returns its `RunResult`.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
@@ -179,6 +180,14 @@ class NesterovSGD:
         return (self.params, [p.grad for p in self.params], self.buffers, self.lr,
                 self.weight_decay, self.momentum)
 
+    def reset(self, peak_lr: float, weight_decay: float, momentum: float):
+        """For a new run on the same parameters: zero momentum, the given settings."""
+        self.peak_lr, self.weight_decay, self.momentum = peak_lr, weight_decay, momentum
+        for buffer in self.buffers:
+            buffer.zero_()
+        self.lr.fill_(peak_lr)
+        self.zero_grad()
+
     def step(self, update=nesterov_sgd_):
         """Apply `update` (nesterov_sgd_ or its compiled version), then drop the gradients."""
         with torch.no_grad():
@@ -199,11 +208,16 @@ def step_optimizers(optimizers, update=nesterov_sgd_groups_):
         optimizer.zero_grad()
 
 
+def optimizer_settings(config: Config) -> list[tuple[float, float, float]]:
+    """(peak lr, weight decay, momentum) of the two groups: non-bias, then 'bias'."""
+    return [(config.lr, config.weight_decay, config.momentum),
+            (config.bias_lr, config.bias_weight_decay, config.momentum)]
+
+
 def make_optimizers(model: Network, config: Config) -> list[NesterovSGD]:
     """Two Nesterov SGD groups: all non-bias trainable parameters, and the 'bias' ones."""
     bias, other = parameter_groups(model)
-    return [NesterovSGD(other, config.lr, config.weight_decay, config.momentum),
-            NesterovSGD(bias, config.bias_lr, config.bias_weight_decay, config.momentum)]
+    return [NesterovSGD(params, *settings) for params, settings in zip((other, bias), optimizer_settings(config))]
 
 
 def set_learning_rates(optimizers, step: int, config: Config):
@@ -255,6 +269,12 @@ def evaluate(model: Network, loader: CifarLoader, tta_flip: bool = True,
     return correct.item() / len(loader.labels)
 
 
+def _same_tensors(a: Network, b: Network) -> bool:
+    """Whether two networks' states have the same names, shapes and dtypes."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype for k in sa)
+
+
 class Trainer:
     """Trains runs of the recipe on one device. What runs share is built once here:
     with `compile`, the forward + loss (its backward compiled with it), the optimizer
@@ -269,6 +289,7 @@ class Trainer:
         self.device, self.dtype = torch.device(device), dtype
         self.compile, self.compile_mode = compile, compile_mode
         self.compile_seconds = None
+        self.kept = None        # (network, EMA network, optimizers), reused by every run: see networks()
         self.forward_loss, self.update, self.logits = self._forward_loss, nesterov_sgd_groups_, self._logits
         if compile:
             options = dict(mode=compile_mode, fullgraph=True)
@@ -284,6 +305,30 @@ class Trainer:
     @staticmethod
     def _logits(model: Network, images):
         return model(images)
+
+    def networks(self, config: Config, whitening: torch.Tensor):
+        """The run's network, EMA network and optimizers. Built by the first run and kept:
+        every later run loads a freshly seeded network's values into the same tensors (and
+        zeroes the momentum), so compiled code, and with --compile-mode reduce-overhead its
+        CUDA graphs, always see the same parameters and buffers at the same addresses.
+        The values are exactly those of a network built for this run alone."""
+        fresh = build_network(config, self.ops, self.device, self.dtype, whitening)
+        if self.kept is None or not _same_tensors(self.kept[0], fresh):
+            optimizers = make_optimizers(fresh, config)
+            if self.compile:      # CUDA graphs may then update these in place
+                for optimizer in optimizers:
+                    for tensor in optimizer.buffers + [optimizer.lr]:
+                        torch._dynamo.mark_static_address(tensor)
+            self.kept = (fresh, build_network(config, self.ops, self.device, self.dtype), optimizers)
+            return self.kept
+        model, ema_model, optimizers = self.kept
+        with torch.no_grad():
+            kept_state = model.state_dict()
+            for name, value in fresh.state_dict().items():
+                kept_state[name].copy_(value)
+        for optimizer, settings in zip(optimizers, optimizer_settings(config)):
+            optimizer.reset(*settings)
+        return self.kept
 
     def whitening(self, train: CifarLoader) -> torch.Tensor:
         c = self.config
@@ -342,9 +387,8 @@ class Trainer:
         except torch.cuda.OutOfMemoryError:
             raise OutOfMemory(f"the whitening covariance ran out of device memory; lower --whiten-chunk "
                               f"(now {c.whiten_chunk} images per chunk)") from None
-        model = build_network(c, self.ops, self.device, self.dtype, whitening)
-        optimizers = make_optimizers(model, c)
-        ema = EMA(build_network(c, self.ops, self.device, self.dtype))
+        model, ema_model, optimizers = self.networks(c, whitening)
+        ema = EMA(ema_model)
         total_timer.stop()
 
         step, finite_check = 0, FiniteLossCheck(self.device, c)
@@ -397,5 +441,7 @@ class Trainer:
             result.ema_accuracy = result.accuracy
         result.train_seconds = train_timer.seconds
         result.total_seconds = total_timer.seconds
-        result.model, result.ema_model = model, (ema.model if ema.started else model)
+        # Copies: the kept networks are overwritten by the next run.
+        result.model = copy.deepcopy(model)
+        result.ema_model = copy.deepcopy(ema.model) if ema.started else result.model
         return result

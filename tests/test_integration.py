@@ -102,3 +102,28 @@ def test_compiled_training_learns_without_recompiling():
         second = trainer.run(train, test, seed=1)
     assert first.ema_accuracy > 0.4 and second.ema_accuracy > 0.4      # chance is 10%
     assert first.epochs[-1]["train_loss"] < first.epochs[0]["train_loss"]
+
+
+def test_runs_reuse_the_same_tensors_and_match_a_fresh_trainer():
+    """Every run trains the same kept tensors (what compiled code and CUDA graphs need),
+    reset to exactly what a trainer's first run would start from: the second run of seed
+    1 equals a fresh trainer's run of seed 1, and results hold copies of their own."""
+    config = CONFIG.replace(train_images=512, epochs=2)
+    data = make_synthetic(config.train_images, seed=5, test_size=200)
+    train = CifarLoader(data.train_images, data.train_labels, config, True, DEVICE, torch.float32)
+    test = CifarLoader(data.test_images, data.test_labels, config, False, DEVICE, torch.float32)
+    trainer = Trainer(config, make_ops("eager"), DEVICE, torch.float32)
+    first = trainer.run(train, test, seed=0)
+    kept = [t.data_ptr() for t in trainer.kept[0].state_dict().values()]
+    kept += [t.data_ptr() for optimizer in trainer.kept[2] for t in optimizer.buffers]
+    first_weights = copy.deepcopy(first.model.state_dict())
+    second = trainer.run(train, test, seed=1)
+    assert [t.data_ptr() for t in trainer.kept[0].state_dict().values()] + [
+        t.data_ptr() for optimizer in trainer.kept[2] for t in optimizer.buffers] == kept
+    for name, value in first.model.state_dict().items():      # not overwritten by the second run
+        assert torch.equal(value, first_weights[name]), name
+    alone = Trainer(config, make_ops("eager"), DEVICE, torch.float32).run(train, test, seed=1)
+    assert second.ema_accuracy == alone.ema_accuracy
+    assert [row["train_loss"] for row in second.epochs] == [row["train_loss"] for row in alone.epochs]
+    for name, value in alone.ema_model.state_dict().items():
+        assert torch.equal(second.ema_model.state_dict()[name], value), name
