@@ -12,9 +12,10 @@
 # OUTDIR (default: $OUT when set, else out/device_check): 8 files at most, as
 # the device tool brings back. A short summary, profile lines included, is
 # printed last. Stage limits (train + tests + kernel bench):
-#   full:    280 + 90 + 70 s = 440 s, under 8 minutes with the environment;
-#            eager, compile, compile+triton, compile+triton+cudagraphs, 5 runs,
-#            20 profiled steps
+#   full:    300 + 75 + 60 s = 435 s, under 8 minutes with the environment;
+#            eager, compile+triton, compile+triton+cudagraphs, compile, 10 runs
+#            each (the accuracy comparison needs 10), 20 profiled steps; the
+#            variant most likely cut by the limit comes last
 #   --quick: 100 + 35 + 30 s = 165 s, under 3 minutes; eager and compile+triton,
 #            2 runs, 15 profiled steps, fewer kernel tests and ops
 # Every stage has its own time limit; one failing stage does not stop the rest,
@@ -51,9 +52,9 @@ if [ "$quick" = 1 ]; then   # the headline pair only, fewer kernel tests and ops
   train_extra=(--variants eager,compile+triton --profile-steps 15)
   kbench_extra=(--only affine_gelu,squeeze_excite)
 else
-  runs="${runs:-5}"; t_train=280; t_tests=90; t_kbench=70
+  runs="${runs:-10}"; t_train=300; t_tests=75; t_kbench=60
   test_select="kernels or (integration and not compile)"
-  train_extra=(--variants eager,compile,compile+triton,compile+triton+cudagraphs --profile-steps 20)
+  train_extra=(--variants eager,compile+triton,compile+triton+cudagraphs,compile --profile-steps 20)
   kbench_extra=()
 fi
 parallel=()

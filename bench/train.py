@@ -198,12 +198,13 @@ def main(argv=None) -> int:
         s = entry["summary"]
         s["speedup_total"] = base["mean_total_seconds"] / s["mean_total_seconds"] if base else None
         s["speedup_train"] = base["mean_train_seconds"] / s["mean_train_seconds"] if base else None
+        s["ema_accuracy_minus_eager"] = s["mean_ema_accuracy"] - base["mean_ema_accuracy"] if base else None
 
     date = time.strftime("%Y-%m-%d")
     width = max(15, *(len(name) for name in results))
     print(f"\nbench/train.py on {env['device']}, {date}, commit {env['git_commit']}, torch {env['torch']}, "
           f"triton {env['triton']}, data: {data_source}")
-    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'>=94%':>6} {'train s':>8} "
+    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'vs eager':>8} {'>=94%':>6} {'train s':>8} "
           f"{'total s':>8} {'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for name, entry in results.items():
@@ -211,8 +212,10 @@ def main(argv=None) -> int:
             print(f"{name:<{width}} {entry['compile_mode']:<15} FAILED: {entry['error']}")
             continue
         s = entry["summary"]
+        delta = "-" if s["ema_accuracy_minus_eager"] is None else f"{100 * s['ema_accuracy_minus_eager']:+.2f}pt"
         print(f"{name:<{width}} {entry['compile_mode']:<15} {s['runs']:>4} {100 * s['mean_ema_accuracy']:>7.2f}% "
-              f"{100 * s['std_ema_accuracy']:>5.2f}% {100 * s['share_at_or_above_94']:>5.0f}% "
+              f"{100 * s['std_ema_accuracy']:>5.2f}% {delta:>8} "
+              f"{100 * s['share_at_or_above_94']:>5.0f}% "
               f"{s['mean_train_seconds']:>8.3f} {s['mean_total_seconds']:>8.3f} "
               f"{fmt(s['speedup_total'], '>7.2f')}x {s['tflops']:>8.1f} {fmt(s['peak_memory_gib'], '>8.2f')} "
               f"{fmt(s['compile_seconds'], '>9.1f')}")
