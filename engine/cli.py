@@ -155,8 +155,22 @@ def main(argv=None) -> int:
         finish(world)
 
 
+def recipe_config(args, train_images: int) -> Config:
+    """The recipe with the command line's overrides (ValueError names a bad one)."""
+    ema_epochs = args.ema_epochs if args.ema_epochs is not None else min(DEFAULTS.ema_epochs, args.epochs - 1)
+    return Config(train_images=train_images, epochs=args.epochs, batch_size=args.batch_size,
+                  base_width=args.base_width, lr=args.lr, weight_decay=args.weight_decay,
+                  momentum=args.momentum, label_smoothing=args.label_smoothing,
+                  ema_epochs=ema_epochs, ema_decay=args.ema_decay, cutout=args.cutout,
+                  whiten_chunk=args.whiten_chunk)
+
+
 def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     """Load the data, train this process's runs, gather them; rank 0 reports."""
+    try:   # the overrides first: a typo should not wait for the data to load
+        recipe_config(args, train_images=max(args.batch_size, 1))
+    except ValueError as error:
+        parser.error(str(error))
     if args.download and not world.main:
         barrier(world)                    # rank 0 downloads first
     try:
@@ -168,14 +182,9 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
         barrier(world)
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
-    ema_epochs = args.ema_epochs if args.ema_epochs is not None else min(DEFAULTS.ema_epochs, args.epochs - 1)
     try:
-        config = Config(train_images=len(data.train_labels), epochs=args.epochs, batch_size=args.batch_size,
-                        base_width=args.base_width, lr=args.lr, weight_decay=args.weight_decay,
-                        momentum=args.momentum, label_smoothing=args.label_smoothing,
-                        ema_epochs=ema_epochs, ema_decay=args.ema_decay, cutout=args.cutout,
-                        whiten_chunk=args.whiten_chunk)
-    except ValueError as error:
+        config = recipe_config(args, train_images=len(data.train_labels))
+    except ValueError as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
     if device.type == "cuda" and not args.deterministic:

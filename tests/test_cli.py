@@ -52,6 +52,13 @@ def test_bad_arguments_get_argparse_errors(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_bad_overrides_are_reported_before_the_data_is_read(tmp_path):
+    result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu", "--ema-epochs", "20", timeout=120)
+    assert result.returncode == 2 and "ema_epochs (20) must be smaller than epochs (10)" in result.stderr
+    result = run_cli("--data", "synthetic", "--synthetic-size", "100", "--device", "cpu", timeout=120)
+    assert result.returncode == 2 and "smaller than one" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_data_gets_a_clear_message(tmp_path):
     result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu", timeout=120)
     assert result.returncode == 2 and "--download" in result.stderr and "Traceback" not in result.stderr
