@@ -6,9 +6,12 @@ GPU. No kernel runs: each operation is compiled with a backend that only records
 the forward and backward graphs AOTAutograd hands it (outputs are zeros of the
 recorded shapes). Prints one JSON object:
 
-  graphs:  case -> {"forward"|"backward": {"launches": [kernel names],
+  graphs:  case -> {"forward"|"backward": {"launches": ["module.kernel" per launch],
                                           "opaque": [cifar_speedrun ops left as calls],
-                                          "cloned": [kernel arguments copied for safety]}}
+                                          "cloned": [kernel arguments copied for safety],
+                                          "copies": number of aten copy/clone nodes}}
+           cases: each operation alone, and "network step": the engine's forward + loss
+           (Trainer._forward_loss, what --compile compiles) at the recipe's widths
   sources: "module.kernel" -> the source Inductor re-emits for that kernel
            (the kernel with every @triton.jit helper it calls), which a GPU compiles.
 
@@ -62,13 +65,16 @@ def record(graphs, kind):
                 kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
                 while not isinstance(kernel, JITFunction):       # autotune wrappers (num_warps)
                     kernel = kernel.fn
-                launches.append(kernel.fn.__name__)
+                qualified = f"{kernel.fn.__module__.rsplit('.', 1)[-1]}.{kernel.fn.__name__}"
+                launches.append(qualified)
                 args = node.kwargs["kwargs"]
-                cloned += [f"{kernel.fn.__name__}.{name}" for name in node.kwargs["tensors_to_clone"]
+                cloned += [f"{qualified}.{name}" for name in node.kwargs["tensors_to_clone"]
                            if "empty" not in str(args[name].target)]
             elif "cifar_speedrun" in str(node.target):
                 opaque.append(str(node.target))
-        graphs[kind] = {"launches": launches, "opaque": opaque, "cloned": cloned}
+        copies = sum(str(node.target) in ("aten.copy.default", "aten.clone.default")
+                     for node in gm.graph.nodes)
+        graphs[kind] = {"launches": launches, "opaque": opaque, "cloned": cloned, "copies": copies}
         outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         metas = [getattr(o, "meta", {}).get("val") if o is not None else None for o in outputs]
 
@@ -102,24 +108,50 @@ def t(*shape, channels_last=False, grad=True, dtype=torch.float16):
     return x.requires_grad_(grad)
 
 
+def probe_network():
+    """The engine's compiled forward + loss with the Triton operations, at the recipe's
+    widths (a batch of 8). The operations' own input checks refuse CPU tensors outside the
+    interpreter; here nothing runs, so they are told it is one."""
+    from engine.config import Config
+    from engine.model import build_network
+    from engine.ops import make_ops
+    from engine.train import Trainer
+
+    kernels._common.interpreting = lambda: True
+    config = Config()
+    trainer = Trainer(config, make_ops("triton"), "cpu", torch.float16)
+    model = build_network(config, trainer.ops, "cpu", torch.float16)
+    images = torch.randn(8, 3, 32, 32, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (8,))
+    return probe(lambda images, labels: trainer._forward_loss(model, images, labels)[0], [images, labels])
+
+
 def main():
     ag, se, cs, ge, pc = (mod[n] for n in ("affine_gelu", "squeeze_excite", "channel_scale", "gelu",
                                            "patch_covariance"))
+    # Each output is weighted by a gradient g of its own layout, as in the network: an
+    # incoming gradient in another layout would be copied, and "copies" would count it.
+    def weighted(op):
+        return lambda *inputs: (op(*inputs[:-1]).float() * inputs[-1]).sum()
+    cl, shape = dict(channels_last=True), (2, 8, 5, 5)
     cases = {
-        "gelu": (lambda x: ge._gelu_op(x).float().sum(), [t(2, 8, 5, 5, channels_last=True)]),
+        "gelu": (weighted(ge._gelu_op), [t(*shape, **cl), t(*shape, **cl, grad=False, dtype=torch.float32)]),
         "affine_gelu channels_last": (
-            lambda x, a, b: ag._affine_gelu_op(x, a, b, None).float().sum(),
-            [t(2, 8, 5, 5, channels_last=True), t(8, dtype=torch.float32), t(8, dtype=torch.float32)]),
+            weighted(lambda x, a, b: ag._affine_gelu_op(x, a, b, None)),
+            [t(*shape, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32),
+             t(*shape, **cl, grad=False, dtype=torch.float32)]),
         "affine_gelu nchw + residual": (
-            lambda x, a, b, r: ag._affine_gelu_op(x, a, b, r).float().sum(),
-            [t(2, 8, 5, 5), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(2, 8, 5, 5)]),
+            weighted(ag._affine_gelu_op),
+            [t(*shape), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(*shape),
+             t(*shape, grad=False, dtype=torch.float32)]),
         "squeeze_excite": (
-            lambda r, w1, b1, w2, b2: se._squeeze_excite_op(r, w1, b1, w2, b2)[0].float().sum(),
-            [t(2, 32, 3, 3, channels_last=True), t(2, 32), t(2), t(32, 2), t(32)]),
-        "channel_scale": (lambda x, s: cs._channel_scale_op(x, s).float().sum(),
-                          [t(2, 8, 5, 5, channels_last=True), t(2, 8)]),
+            weighted(lambda r, w1, b1, w2, b2: se._squeeze_excite_op(r, w1, b1, w2, b2)[0]),
+            [t(2, 32, 3, 3, **cl), t(2, 32), t(2), t(32, 2), t(32), t(2, 32, grad=False, dtype=torch.float32)]),
+        "channel_scale": (weighted(cs._channel_scale_op),
+                          [t(*shape, **cl), t(2, 8), t(*shape, **cl, grad=False, dtype=torch.float32)]),
     }
     graphs = {name: probe(fn, inputs) for name, (fn, inputs) in cases.items()}
+    graphs["network step"] = probe_network()
     graphs["patch_covariance"] = probe(lambda x: pc._patch_covariance_op(x, 2)[1],
                                        [t(2, 3, 6, 6, grad=False, dtype=torch.float32)], backward=False)
     sources = {}

@@ -5,8 +5,9 @@ On a GPU every operation is a `triton_op`: Inductor traces into it, finds each
 the @triton.jit helpers it calls by name) into its own generated code. CI runs
 kernels in the interpreter, where operations are opaque custom ops instead, so
 tests/inductor_probe.py is run in a second process without TRITON_INTERPRET to
-(1) compile every operation and record which kernel launches its forward and
-backward graphs contain (and that none of them clones an argument it only reads), and (2) collect the source Inductor would emit for every
+(1) compile every operation, and the engine's whole forward + loss, and record which
+kernel launches their forward and backward graphs contain (and that none clones an
+argument it only reads or copies a tensor into another layout), and (2) collect the source Inductor would emit for every
 kernel. Here each emitted source is loaded as a kernel of its own, swapped in for
 the original and run against the eager twin: a helper Inductor failed to carry
 along (a `cm.helper` call, say) fails here instead of on the GPU.
@@ -16,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,13 +30,22 @@ from kernels._testing import (DEVICE, _fresh_inputs_and_poison, check_against_ea
 PROBE = Path(__file__).with_name("inductor_probe.py")
 
 EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
-    "gelu": (["_gelu_fwd_kernel"], ["_gelu_bwd_kernel"]),
-    "affine_gelu channels_last": (["_fwd_kernel"], ["_bwd_cl_kernel", "_sum_rows_kernel"]),
-    "affine_gelu nchw + residual": (["_fwd_kernel"], ["_bwd_nchw_kernel", "_sum_rows_kernel"]),
-    "squeeze_excite": (["_fwd_kernel"], ["_bwd_kernel", "_wgrad_kernel"]),
-    "channel_scale": (["_fwd_kernel"], ["_bwd_cl_kernel"]),
-    "patch_covariance": (["_patch_moments_kernel"], None),
+    "gelu": (["gelu._gelu_fwd_kernel"], ["gelu._gelu_bwd_kernel"]),
+    "affine_gelu channels_last": (["affine_gelu._fwd_kernel"],
+                                  ["affine_gelu._bwd_cl_kernel", "affine_gelu._sum_rows_kernel"]),
+    "affine_gelu nchw + residual": (["affine_gelu._fwd_kernel"],
+                                    ["affine_gelu._bwd_nchw_kernel", "affine_gelu._sum_rows_kernel"]),
+    "squeeze_excite": (["squeeze_excite._fwd_kernel"], ["squeeze_excite._bwd_kernel", "squeeze_excite._wgrad_kernel"]),
+    "channel_scale": (["channel_scale._fwd_kernel"], ["channel_scale._bwd_cl_kernel"]),
+    "patch_covariance": (["patch_covariance._patch_moments_kernel"], None),
 }
+# The network: 8 BatchNorm-apply + GELU (stem, three in each full group, one in the short
+# one), 2 squeeze-and-excitation gates and 2 channel scalings, each launched directly.
+NETWORK_LAUNCHES = (
+    {"affine_gelu._fwd_kernel": 8, "squeeze_excite._fwd_kernel": 2, "channel_scale._fwd_kernel": 2},
+    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._sum_rows_kernel": 8, "squeeze_excite._bwd_kernel": 2,
+     "squeeze_excite._wgrad_kernel": 2, "channel_scale._bwd_cl_kernel": 2},
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +60,21 @@ def probe():
 def test_compiled_graphs_launch_the_kernels_directly(probe, case):
     forward, backward = EXPECTED_LAUNCHES[case]
     graphs = probe["graphs"][case]
-    assert graphs["forward"] == {"launches": forward, "opaque": [], "cloned": []}
+    assert graphs["forward"] == {"launches": forward, "opaque": [], "cloned": [], "copies": 0}
     if backward is None:
         assert "backward" not in graphs
     else:
-        assert graphs["backward"] == {"launches": backward, "opaque": [], "cloned": []}
+        assert graphs["backward"] == {"launches": backward, "opaque": [], "cloned": [], "copies": 0}
+
+
+def test_compiled_network_step_launches_every_kernel_without_copies(probe):
+    """The engine's step as --compile --kernels triton compiles it: every operation a
+    direct kernel launch, no opaque call, no argument cloned, no layout copy inserted."""
+    graphs = probe["graphs"]["network step"]
+    for kind, expected in zip(("forward", "backward"), NETWORK_LAUNCHES):
+        g = graphs[kind]
+        assert Counter(g["launches"]) == expected, kind
+        assert (g["opaque"], g["cloned"], g["copies"]) == ([], [], 0), kind
 
 
 def _load_emitted(source: str, kernel_name: str, tmp_path: Path):
