@@ -33,7 +33,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from torch._functorch.aot_autograd import aot_module_simplified  # noqa: E402
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
-from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code  # noqa: E402
+try:   # where torch 2.13+ keeps it; earlier releases (the GPU image's 2.11) in torch._inductor.utils
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+except ImportError:
+    from torch._inductor.utils import user_defined_triton_kernel_transitive_closure_source_code
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 import kernels  # noqa: E402,F401
