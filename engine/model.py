@@ -104,7 +104,10 @@ def parameter_groups(model: nn.Module) -> tuple[list, list]:
 
 
 def build_network(config: Config, ops: Ops, device, dtype, whitening_weight=None) -> Network:
-    model = Network(config, ops)
+    """The network, initialised directly on `device` (from that device's random stream:
+    on a GPU no host-side initialisation or copy), then cast to `dtype`, channels_last."""
+    with torch.device(device):
+        model = Network(config, ops)
     if whitening_weight is not None:
         with torch.no_grad():
             model.whiten.weight.copy_(whitening_weight)
