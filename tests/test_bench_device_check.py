@@ -1,0 +1,34 @@
+"""bench/device_check.sh end to end on the CPU, at tiny sizes: the script the next GPU
+session runs in its one call must not fail on its own plumbing."""
+import json
+import os
+import subprocess
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_device_check_runs_every_stage_and_prints_the_summary_last(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, train_images=rng.integers(0, 256, (1024, 32, 32, 3), dtype=np.uint8),
+             train_labels=rng.integers(0, 10, 1024), test_images=rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8),
+             test_labels=rng.integers(0, 10, 200))
+    out = tmp_path / "out"
+    env = dict(os.environ,
+               DEVICE_CHECK_TRAIN_ARGS=f"--device cpu --base-width 8 --epochs 2 --profile-steps 2 --variants eager "
+                                       f"--csv {tmp_path / 'train.csv'}",
+               DEVICE_CHECK_TEST_ARGS="-k test_gelu_rejects")
+    proc = subprocess.run(["bash", "bench/device_check.sh", "--quick", "--label", "tiny test data", str(data), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = proc.stdout[proc.stdout.index("device check summary"):]
+    assert "bench/train.py: exit 0" in summary and "kernel tests (CUDA): exit 0" in summary
+    assert "data: tiny test data" in summary and "\neager " in summary and "profile eager: 2 steps" in summary
+    assert "passed" in summary                                   # the kernel tests' result line
+    assert "profile eager: 2 steps" in (out / "summary.txt").read_text()
+    results = json.loads((out / "train.json").read_text())
+    assert results["variants"]["eager"]["summary"]["runs"] == 2 and "profile" in results["variants"]["eager"]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8, f"the device tool brings back 8 files at most: {sorted(p.name for p in files)}"
