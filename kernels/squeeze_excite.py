@@ -43,6 +43,20 @@ def _offsets(n, pix, cols, C, S, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _w1_block(w1_ptr, hid, hmask, cols, cmask, C):
+    """w1[hid, cols] in float32, (BLOCK_H, BLOCK_C); masked entries are 0."""
+    return tl.load(w1_ptr + hid[:, None] * C + cols[None, :],
+                   mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _w2t_block(w2_ptr, hid, hmask, cols, cmask, CH):
+    """w2[cols, hid] transposed, in float32, (BLOCK_H, BLOCK_C); masked entries are 0."""
+    return tl.load(w2_ptr + cols[None, :] * CH + hid[:, None],
+                   mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _fwd_kernel(r_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, m_ptr, N, C, S, CH,
                 CHANNELS_LAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -64,16 +78,14 @@ def _fwd_kernel(r_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, m_ptr, N, C, S, CH
         m = tl.sum(acc, 1) * inv_s                                          # (BN, BC)
         mask2 = nmask[:, None] & cmask[None, :]
         tl.store(m_ptr + n[:, None] * C + cols[None, :], m, mask=mask2)
-        w1 = tl.load(w1_ptr + hid[:, None] * C + cols[None, :],
-                     mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)  # (BH, BC)
+        w1 = _w1_block(w1_ptr, hid, hmask, cols, cmask, C)                   # (BH, BC)
         z1 += tl.sum(m[:, None, :] * w1[None, :, :], 2)                      # (BN, BH)
     z1 += tl.load(b1_ptr + hid, mask=hmask, other=0.0).to(tl.float32)[None, :]
     h = gelu_f32(z1)          # padded hidden units: GELU(0) = 0, so they add nothing below
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
-        w2 = tl.load(w2_ptr + cols[None, :] * CH + hid[:, None],
-                     mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)  # (BH, BC) = w2.T
+        w2 = _w2t_block(w2_ptr, hid, hmask, cols, cmask, CH)                 # (BH, BC) = w2.T
         z2 = tl.sum(h[:, :, None] * w2[None, :, :], 1)
         z2 += tl.load(b2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         tl.store(s_ptr + n[:, None] * C + cols[None, :], cast_to(tl.sigmoid(z2), s_ptr.dtype.element_ty),
@@ -89,15 +101,13 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     nmask = n < N
     hid = tl.arange(0, BLOCK_H)
     hmask = hid < CH
-    wmask_h = hmask[:, None]
     # z1 and h from the saved means
     z1 = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
         m = tl.load(m_ptr + n[:, None] * C + cols[None, :], mask=nmask[:, None] & cmask[None, :], other=0.0)
-        w1 = tl.load(w1_ptr + hid[:, None] * C + cols[None, :], mask=wmask_h & cmask[None, :],
-                     other=0.0).to(tl.float32)
+        w1 = _w1_block(w1_ptr, hid, hmask, cols, cmask, C)
         z1 += tl.sum(m[:, None, :] * w1[None, :, :], 2)
     z1 += tl.load(b1_ptr + hid, mask=hmask, other=0.0).to(tl.float32)[None, :]
     h = gelu_f32(z1)
@@ -109,8 +119,7 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
         mask2 = nmask[:, None] & cmask[None, :]
-        w2 = tl.load(w2_ptr + cols[None, :] * CH + hid[:, None], mask=wmask_h & cmask[None, :],
-                     other=0.0).to(tl.float32)                                # (BH, BC) = w2.T
+        w2 = _w2t_block(w2_ptr, hid, hmask, cols, cmask, CH)                 # (BH, BC) = w2.T
         z2 = tl.sum(h[:, :, None] * w2[None, :, :], 1)
         z2 += tl.load(b2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         s = tl.sigmoid(z2)
@@ -125,8 +134,7 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
-        w1 = tl.load(w1_ptr + hid[:, None] * C + cols[None, :], mask=wmask_h & cmask[None, :],
-                     other=0.0).to(tl.float32)
+        w1 = _w1_block(w1_ptr, hid, hmask, cols, cmask, C)
         dm = tl.sum(dz1[:, :, None] * w1[None, :, :], 1) * inv_s                # (BN, BC)
         val = (dm[:, None, :] + tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], dtype=tl.float32))
         val = cast_to(val, dr_ptr.dtype.element_ty)
