@@ -322,10 +322,7 @@ class Trainer:
             self.kept = (fresh, build_network(config, self.ops, self.device, self.dtype), optimizers)
             return self.kept
         model, ema_model, optimizers = self.kept
-        with torch.no_grad():
-            kept_state = model.state_dict()
-            for name, value in fresh.state_dict().items():
-                kept_state[name].copy_(value)
+        model.load_state_dict(fresh.state_dict())       # copies into the kept tensors, in place
         for optimizer, settings in zip(optimizers, optimizer_settings(config)):
             optimizer.reset(*settings)
         return self.kept
