@@ -217,7 +217,8 @@ def profile_run(trainer, train, test, seed: int, active: int, trace_path: str | 
     return profiler.report
 
 
-def _fmt(value, spec: str, suffix: str = "") -> str:
+def fmt_or_dash(value, spec: str, suffix: str = "") -> str:
+    """`value` formatted by `spec` (+ suffix), or '-' for None."""
     return "-" if value is None else format(value, spec) + suffix
 
 
@@ -227,14 +228,14 @@ def format_line(name: str, r: dict) -> str:
         return f"profile {name}: FAILED: {r['error']}"
     busy = r.get("gpu_busy_share")
     return (f"profile {name}: {r['steps']} steps ({r['first_step']}-{r['last_step']}), "
-            f"host {_fmt(r['host_ms_per_step'], '.2f')} ms/step, wall {_fmt(r['wall_ms_per_step'], '.2f')} "
-            f"(unprofiled host {_fmt(r['unprofiled_host_ms_per_step'], '.2f')}, "
-            f"wall {_fmt(r['unprofiled_wall_ms_per_step'], '.2f')}), "
-            f"GPU kernels {_fmt(r['gpu_kernel_ms_per_step'], '.2f')} ms/step "
-            f"({_fmt(None if busy is None else 100 * busy, '.0f', '% busy')}), "
-            f"{_fmt(r['kernels_per_step'], '.0f')} kernels/step, "
-            f"{_fmt(r['launch_calls_per_step'], '.0f')} launch calls/step "
-            f"({_fmt(r['graph_launches_per_step'], '.1f')} graph launches)")
+            f"host {fmt_or_dash(r['host_ms_per_step'], '.2f')} ms/step, wall {fmt_or_dash(r['wall_ms_per_step'], '.2f')} "
+            f"(unprofiled host {fmt_or_dash(r['unprofiled_host_ms_per_step'], '.2f')}, "
+            f"wall {fmt_or_dash(r['unprofiled_wall_ms_per_step'], '.2f')}), "
+            f"GPU kernels {fmt_or_dash(r['gpu_kernel_ms_per_step'], '.2f')} ms/step "
+            f"({fmt_or_dash(None if busy is None else 100 * busy, '.0f', '% busy')}), "
+            f"{fmt_or_dash(r['kernels_per_step'], '.0f')} kernels/step, "
+            f"{fmt_or_dash(r['launch_calls_per_step'], '.0f')} launch calls/step "
+            f"({fmt_or_dash(r['graph_launches_per_step'], '.1f')} graph launches)")
 
 
 def format_detail(name: str, r: dict) -> str:

@@ -43,7 +43,7 @@ from engine.model import build_network  # noqa: E402
 from engine.ops import make_ops  # noqa: E402
 from engine.report import device_name, environment, summarize, write_json  # noqa: E402
 from engine.train import COMPILE_MODES, Trainer, loss_function  # noqa: E402
-from profile_steps import format_detail, format_line, profile_run  # noqa: E402
+from profile_steps import fmt_or_dash, format_detail, format_line, profile_run  # noqa: E402
 
 VARIANTS = {                      # name: (compile, kernels, compile mode; None: --compile-mode)
     "eager": (False, "eager", None),
@@ -117,11 +117,17 @@ def bench_variant(name, args, config, train, test, device, dtype, flops, runs: l
             print(f"[{name}] {format_line(name, entry['profile'])}; {entry['profile']['seconds']:.1f} s",
                   flush=True)
         except Exception as error:   # the timed figures stand without it
-            first = (str(error).strip().splitlines() or [""])[0]
-            entry["profile"] = {"error": f"{type(error).__name__}: {first}", "traceback": traceback.format_exc()}
-            print(f"[{name}] profiling FAILED: {type(error).__name__}: {first}\n{traceback.format_exc()}",
+            entry["profile"] = failure(error)
+            print(f"[{name}] profiling FAILED: {entry['profile']['error']}\n{entry['profile']['traceback']}",
                   flush=True)
     return entry
+
+
+def failure(error: Exception) -> dict:
+    """What the JSON records of an exception being handled: `error` ("Type: first line")
+    and the `traceback`."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return {"error": f"{type(error).__name__}: {first}", "traceback": traceback.format_exc()}
 
 
 def main(argv=None) -> int:
@@ -181,11 +187,9 @@ def main(argv=None) -> int:
         try:
             results[name] = bench_variant(name, args, config, train, test, device, dtype, flops, runs)
         except Exception as error:    # a failed variant (a compile error, say) must not stop the others
-            first = (str(error).strip().splitlines() or [""])[0]
-            print(f"[{name}] FAILED: {type(error).__name__}: {first}\n{traceback.format_exc()}", flush=True)
             results[name] = {"compile_mode": compile_mode_of(name, args.compile_mode), "kernels": VARIANTS[name][1],
-                             "error": f"{type(error).__name__}: {first}", "traceback": traceback.format_exc(),
-                             "runs": runs}
+                             **failure(error), "runs": runs}
+            print(f"[{name}] FAILED: {results[name]['error']}\n{results[name]['traceback']}", flush=True)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -204,21 +208,22 @@ def main(argv=None) -> int:
     width = max(15, *(len(name) for name in results))
     print(f"\nbench/train.py on {env['device']}, {date}, commit {env['git_commit']}, torch {env['torch']}, "
           f"triton {env['triton']}, data: {data_source}")
-    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'vs eager':>8} {'>=94%':>6} {'train s':>8} "
-          f"{'total s':>8} {'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'vs eager':>8} {'>=94%':>6} "
+          f"{'train s':>8} {'total s':>8} {'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
     for name, entry in results.items():
         if "summary" not in entry:
             print(f"{name:<{width}} {entry['compile_mode']:<15} FAILED: {entry['error']}")
             continue
         s = entry["summary"]
-        delta = "-" if s["ema_accuracy_minus_eager"] is None else f"{100 * s['ema_accuracy_minus_eager']:+.2f}pt"
+        delta = s["ema_accuracy_minus_eager"]
+        delta = fmt_or_dash(None if delta is None else 100 * delta, "+.2f", "pt")
         print(f"{name:<{width}} {entry['compile_mode']:<15} {s['runs']:>4} {100 * s['mean_ema_accuracy']:>7.2f}% "
               f"{100 * s['std_ema_accuracy']:>5.2f}% {delta:>8} "
               f"{100 * s['share_at_or_above_94']:>5.0f}% "
               f"{s['mean_train_seconds']:>8.3f} {s['mean_total_seconds']:>8.3f} "
-              f"{fmt(s['speedup_total'], '>7.2f')}x {s['tflops']:>8.1f} {fmt(s['peak_memory_gib'], '>8.2f')} "
-              f"{fmt(s['compile_seconds'], '>9.1f')}")
+              f"{fmt_or_dash(s['speedup_total'], '>7.2f')}x {s['tflops']:>8.1f} "
+              f"{fmt_or_dash(s['peak_memory_gib'], '>8.2f')} "
+              f"{fmt_or_dash(s['compile_seconds'], '>9.1f')}")
     profiled = {name: entry["profile"] for name, entry in results.items() if "profile" in entry}
     if profiled:
         print("\nprofiled window per variant (ms per training step; host: the CPU's time to issue the steps, "
