@@ -109,6 +109,12 @@ class Config:
     def ema_step_decay(self) -> float:
         return self.ema_decay ** self.ema_every
 
+    def ema_updates_after(self, step: int) -> bool:
+        """Whether the EMA acts after 0-based optimizer step `step`. The release counts steps
+        from 1 and acts when that count is a multiple of ema_every inside the EMA epochs:
+        after steps 777 (the copy), 779, ..., 969, so the average includes the very last step."""
+        return step >= self.ema_start_step and (step + 1) % self.ema_every == 0
+
     @property
     def bias_lr(self) -> float:
         return self.lr * self.bias_scale

@@ -400,7 +400,7 @@ class Trainer:
                 loss, batch_correct = self.train_step(model, optimizers, images, labels)
                 loss_sum += loss.float()
                 correct += batch_correct
-                if step >= c.ema_start_step and step % c.ema_every == 0:
+                if c.ema_updates_after(step):
                     ema.update(model, c.ema_step_decay)
                 step += 1
                 finite_check(loss_sum, step, result.epochs)

@@ -17,6 +17,13 @@ def test_derived_quantities_match_spec():
     assert c.widths == {"init": 32, "group1": 128, "group2": 256, "group3": 512}
 
 
+def test_ema_acts_after_the_odd_steps_of_the_last_two_epochs_like_the_release():
+    c = Config()
+    steps = [step for step in range(c.total_steps) if c.ema_updates_after(step)]
+    assert steps == list(range(777, 970, 2))         # 777 (the copy), 779, ..., 969: the last step included
+    assert steps[-1] == c.total_steps - 1
+
+
 def test_learning_rates_per_group():
     c = Config()
     assert c.lr == pytest.approx(1.15 * 1.35 / 512)

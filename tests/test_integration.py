@@ -14,7 +14,7 @@ from engine.config import Config
 from engine.data import CifarLoader, make_synthetic
 from engine.model import build_network
 from engine.ops import make_ops
-from engine.train import Trainer, loss_function
+from engine.train import EMA, Trainer, loss_function
 from engine.whitening import whitening_weight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,3 +127,23 @@ def test_runs_reuse_the_same_tensors_and_match_a_fresh_trainer():
     assert [row["train_loss"] for row in second.epochs] == [row["train_loss"] for row in alone.epochs]
     for name, value in alone.ema_model.state_dict().items():
         assert torch.equal(second.ema_model.state_dict()[name], value), name
+
+
+def test_the_training_loop_updates_the_ema_after_the_release_s_steps(monkeypatch):
+    """The loop, not only the rule: the EMA acts after 0-based steps 5 and 7 of a 2-epoch,
+    4-steps-per-epoch run with one EMA epoch (the last step included), and nowhere else."""
+    config = CONFIG.replace(train_images=512, epochs=2)
+    data = make_synthetic(config.train_images, seed=5, test_size=100)
+    train = CifarLoader(data.train_images, data.train_labels, config, True, DEVICE, torch.float32)
+    test = CifarLoader(data.test_images, data.test_labels, config, False, DEVICE, torch.float32)
+    steps_done, updated_after = [0], []
+    original = EMA.update
+
+    def spy(self, network, decay):
+        updated_after.append(steps_done[0])          # the 0-based step just taken
+        return original(self, network, decay)
+
+    monkeypatch.setattr(EMA, "update", spy)
+    Trainer(config, make_ops("eager"), DEVICE, torch.float32).run(
+        train, test, seed=0, on_step=lambda done: steps_done.__setitem__(0, done), evaluate_every_epoch=False)
+    assert config.steps_per_epoch == 4 and updated_after == [5, 7]
