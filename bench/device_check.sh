@@ -5,19 +5,22 @@
 #
 # On a fresh H100/H200 machine with the project at its root and nothing
 # installed (python3 with torch, triton, numpy, pytest), in this order: the
-# environment; bench/train.py, the headline (N runs of each variant on DATA,
-# then one profiled run per variant: host and wall ms/step, GPU kernel ms/step,
-# kernels and launch calls per step, top kernels and host ops, a Chrome trace);
-# the kernel tests on CUDA; bench/kernels.py. Logs, JSON and traces.tar go to
+# environment; bench/train.py, the headline, for the seed recipe and then the
+# record recipe (airbench94-muon: eager and compile+triton) (N runs of each
+# variant on DATA, then one profiled run per variant: host and wall ms/step, GPU
+# kernel ms/step, kernels and launch calls per step, top kernels and host ops, a
+# Chrome trace); the kernel tests on CUDA; bench/kernels.py. Logs, JSON,
+# traces.tar and csv.tar (the rows appended to bench/results/*.csv) go to
 # OUTDIR (default: $OUT when set, else out/device_check): 8 files at most, as
 # the device tool brings back. A short summary, profile lines included, is
-# printed last. Stage limits (train + tests + kernel bench):
-#   full:    300 + 75 + 60 s = 435 s, under 8 minutes with the environment;
-#            eager, compile+triton, compile+triton+cudagraphs, compile, 10 runs
-#            each (the accuracy comparison needs 10), 20 profiled steps; the
-#            variant most likely cut by the limit comes last
-#   --quick: 100 + 35 + 30 s = 165 s, under 3 minutes; eager and compile+triton,
-#            2 runs, 15 profiled steps, fewer kernel tests and ops
+# printed last. Stage limits (seed train + record train + tests + kernel bench):
+#   full:    240 + 100 + 60 + 50 s = 450 s, under 8 minutes with the environment;
+#            seed: eager, compile+triton, compile+triton+cudagraphs, compile;
+#            record: eager, compile+triton; 10 runs each (the accuracy
+#            comparison needs 10), 20 profiled steps; the variant most likely
+#            cut by a limit comes last
+#   --quick: 90 + 50 + 30 + 25 s = 195 s, under 4 minutes; eager and
+#            compile+triton, 2 runs, 15 profiled steps, fewer kernel tests and ops
 # Every stage has its own time limit; one failing stage does not stop the rest,
 # and a failing variant does not stop the other variants.
 # DEVICE_CHECK_TRAIN_ARGS (extra bench/train.py arguments, after the script's own:
@@ -32,7 +35,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs="$2"; shift ;;
     --label) label="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) if [ -z "$data" ]; then data="$1"; elif [ -z "$outdir" ]; then outdir="$1"; else
          echo "device_check.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
@@ -45,16 +48,19 @@ fi
 outdir="${outdir:-${OUT:-out/device_check}}"
 mkdir -p "$outdir"
 label="${label:-$(basename "$data")}"
-rm -rf "$outdir/traces" "$outdir/traces.tar"; : > "$outdir/train.log"; : > "$outdir/kernels.log"   # a rerun starts clean
+rm -rf "$outdir/traces" "$outdir/traces.tar" "$outdir/csv.tar"; : > "$outdir/train.log"; : > "$outdir/kernels.log"   # a rerun starts clean
+record_extra=(--recipe airbench94-muon --variants eager,compile+triton)
 if [ "$quick" = 1 ]; then   # the headline pair only, fewer kernel tests and ops
-  runs="${runs:-2}"; t_train=100; t_tests=35; t_kbench=30
+  runs="${runs:-2}"; t_train=90; t_record=50; t_tests=30; t_kbench=25
   test_select="(kernels and not bfloat16) or (integration and not compile)"
   train_extra=(--variants eager,compile+triton --profile-steps 15)
+  record_extra+=(--profile-steps 15)
   kbench_extra=(--only affine_gelu,squeeze_excite)
 else
-  runs="${runs:-10}"; t_train=300; t_tests=75; t_kbench=60
+  runs="${runs:-10}"; t_train=240; t_record=100; t_tests=60; t_kbench=50
   test_select="kernels or (integration and not compile)"
   train_extra=(--variants eager,compile+triton,compile+triton+cudagraphs,compile --profile-steps 20)
+  record_extra+=(--profile-steps 20)
   kbench_extra=()
 fi
 parallel=()
@@ -81,10 +87,14 @@ run_stage() {  # name seconds log command...
   git rev-parse HEAD 2>/dev/null || echo "no git"
 } > "$outdir/env_and_tests.log" 2>&1
 
-# 2. Whole-run benchmark with a profiled window per variant: the headline, first.
+# 2. Whole-run benchmark with a profiled window per variant: the headline, first; then the record recipe.
 run_stage "bench/train.py" $t_train "$outdir/train.log" \
   $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" --json "$outdir/train.json" \
     --trace-dir "$outdir/traces" "${train_extra[@]}" ${DEVICE_CHECK_TRAIN_ARGS:-}
+run_stage "bench/train.py --recipe airbench94-muon" $t_record "$outdir/train.log" \
+  $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" \
+    --json "$outdir/train_airbench94-muon.json" --trace-dir "$outdir/traces" "${record_extra[@]}" \
+    ${DEVICE_CHECK_TRAIN_ARGS:-}
 # The traces in one file (the device tool brings back 8 files of 16 MiB at most).
 if [ -d "$outdir/traces" ]; then
   traces=(); bytes=0
@@ -106,19 +116,19 @@ run_stage "kernel tests (CUDA)" $t_tests "$outdir/env_and_tests.log" \
 run_stage "bench/kernels.py" $t_kbench "$outdir/kernels.log" \
   $PY bench/kernels.py "${kbench_extra[@]}"
 
-cp bench/results/train.csv bench/results/kernels.csv "$outdir/" 2>/dev/null
+csvs=(); for f in train.csv kernels.csv; do [ -f "bench/results/$f" ] && csvs+=("$f"); done
+[ ${#csvs[@]} -gt 0 ] && tar -cf "$outdir/csv.tar" -C bench/results "${csvs[@]}"
 
 {
   echo "================ device check summary ($(( $(date +%s) - start )) s) ================"
   head -n 4 "$outdir/env_and_tests.log"
   printf '%s\n' "${stage_status[@]}"
-  echo "--- bench/train.py (details: train.log, train.json, traces.tar) ---"
-  if grep -q '^bench/train.py on' "$outdir/train.log"; then
-    sed -n '/^bench\/train.py on/,/^$/p' "$outdir/train.log"
-    grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log"
-  else   # stopped before its table (time limit): what each variant printed as it went
-    echo "(no final table: the stage stopped early; per-variant lines as printed, partial train.json)"
-    grep -E "^\[" "$outdir/train.log"
+  echo "--- bench/train.py (details: train.log, train*.json, traces.tar, csv.tar) ---"
+  sed -n '/^bench\/train.py on/,/^$/p' "$outdir/train.log"
+  grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log"
+  if [ "$(grep -c '^bench/train.py on' "$outdir/train.log")" -lt 2 ]; then   # a stage hit its limit
+    echo "(a recipe has no final table: its stage stopped early; per-variant lines as printed, partial JSON)"
+    grep -E "^(\[|recipe: )" "$outdir/train.log"
   fi
   echo "--- kernel tests ---"
   grep -E "passed|failed|error" "$outdir/env_and_tests.log" | tail -n 2

@@ -2,13 +2,16 @@
 """Whole-run benchmark: the engine's variants in one process on one device.
 
     python bench/train.py --data /tmp/cifar10.npz --data-label "CIFAR-10 (JPEG copy)" --runs 10
+    python bench/train.py --recipe airbench94-muon --variants eager,compile+triton --data ...
+
+One recipe per call (--recipe, default seed).
 
 Variants: eager (eager network, eager kernel twins), compile (torch.compile,
 eager twins), compile+triton (torch.compile, the Triton kernels): the default
 set; compile+cudagraphs and compile+triton+cudagraphs are the last two with
 compile mode reduce-overhead (CUDA graphs). Each is warmed up (and compiled)
 first, then trained --runs times with seeds --seed.. . Per variant it prints mean
-and std of the final EMA accuracy, the share of runs >= 94%, seconds per run in
+and std of the reported accuracy (the EMA network's, for the seed recipes), the share of runs >= 94%, seconds per run in
 both timing conventions, the speed-up over the eager variant, achieved TFLOP/s
 (counted with torch.utils.flop_counter) and peak GPU memory; writes --json, and
 appends one row per variant to bench/results/train.csv. A variant that fails
@@ -37,12 +40,11 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:   # after the roo
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.config import Config  # noqa: E402
 from engine.data import CifarLoader, DataError, load_cifar10  # noqa: E402
-from engine.model import build_network  # noqa: E402
 from engine.ops import make_ops  # noqa: E402
+from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config  # noqa: E402
 from engine.report import device_name, environment, summarize, write_json  # noqa: E402
-from engine.train import COMPILE_MODES, Trainer, loss_function  # noqa: E402
+from engine.train import COMPILE_MODES, Trainer  # noqa: E402
 from profile_steps import fmt_or_dash, format_detail, format_line, profile_run  # noqa: E402
 
 VARIANTS = {                      # name: (compile, kernels, compile mode; None: --compile-mode)
@@ -54,25 +56,27 @@ VARIANTS = {                      # name: (compile, kernels, compile mode; None:
 }
 DEFAULT_VARIANTS = ("eager", "compile", "compile+triton")
 RESULTS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train.csv")
-CSV_COLUMNS = ("gpu", "date", "commit", "torch", "triton", "data", "variant", "compile_mode", "runs",
+CSV_COLUMNS = ("gpu", "date", "commit", "torch", "triton", "data", "recipe", "variant", "compile_mode", "runs",
                "mean_ema_accuracy", "std_ema_accuracy", "share_at_or_above_94", "mean_train_seconds",
                "mean_total_seconds", "speedup_total", "tflops", "peak_memory_gib", "compile_seconds")
 
 
-def flops_per_run(config: Config, device, dtype, test_images: int) -> float:
-    """FLOPs of one run: training steps (forward + backward) and the final TTA evaluation."""
-    model = build_network(config, make_ops("eager"), device, dtype)
+def flops_per_run(config, device, dtype, test_images: int) -> dict:
+    """FLOPs of one run of the recipe (torch.utils.flop_counter): per training step (forward +
+    backward), per test image of the final evaluation (every test-time view), and per run."""
+    model = config.build_network(make_ops("eager"), device, dtype)
     images = torch.randn(config.batch_size, 3, 32, 32, device=device, dtype=dtype)
     images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (config.batch_size,), device=device)
     with FlopCounterMode(display=False) as counter:
-        loss_function(model(images), labels, config).backward()
+        config.loss(model(images), labels).backward()
     step = counter.get_total_flops()
     model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(images)
-    forward_per_image = counter.get_total_flops() / config.batch_size
-    return step * config.total_steps + forward_per_image * 2 * test_images
+        config.evaluation_views(final=True)(model, images)
+    evaluation_per_image = counter.get_total_flops() / config.batch_size
+    return {"step": step, "evaluation_per_image": evaluation_per_image,
+            "run": step * config.total_steps + evaluation_per_image * test_images}
 
 
 def compile_mode_of(name: str, default_mode: str) -> str:
@@ -100,7 +104,7 @@ def bench_variant(name, args, config, train, test, device, dtype, flops, runs: l
     for index in range(args.runs):
         result = trainer.run(train, test, args.seed + index, evaluate_every_epoch=False)
         runs.append(result.to_dict())
-        print(f"[{name}] run {index + 1}/{args.runs}: EMA {100 * result.ema_accuracy:.2f}%  "
+        print(f"[{name}] run {index + 1}/{args.runs}: accuracy {100 * result.ema_accuracy:.2f}%  "
               f"{result.train_seconds:.3f} s training  {result.total_seconds:.3f} s in all", flush=True)
     summary = summarize(runs)
     summary.update(
@@ -109,7 +113,7 @@ def bench_variant(name, args, config, train, test, device, dtype, flops, runs: l
         peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None))
     entry = {"compile_mode": mode, "kernels": kernels, "summary": summary, "runs": runs}
     if args.profile_steps:
-        trace = (os.path.join(args.trace_dir, f"trace_{name.replace('+', '_')}.json.gz")
+        trace = (os.path.join(args.trace_dir, f"trace_{args.recipe}_{name.replace('+', '_')}.json.gz")
                  if args.trace_dir else None)
         try:
             entry["profile"] = profile_run(trainer, train, test, args.seed, args.profile_steps, trace,
@@ -132,6 +136,7 @@ def failure(error: Exception) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE, help=f"(default {DEFAULT_RECIPE})")
     p.add_argument("--data", default="synthetic", help="as run.py --data (default synthetic)")
     p.add_argument("--data-label", help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)'")
     p.add_argument("--synthetic-size", type=int, default=50_000)
@@ -142,8 +147,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                    help="compile mode of the variants that do not fix their own (default 'default')")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--epochs", type=int, default=Config().epochs)
-    p.add_argument("--base-width", type=int, default=Config().base_width)
+    p.add_argument("--epochs", type=int, help="(default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="(default: the recipe's)")
+    p.add_argument("--base-width", type=int, help="(default: the recipe's)")
     p.add_argument("--profile-steps", type=int, default=0, metavar="K",
                    help="after the timed runs, profile K steps of one more run per variant (default 0: off)")
     p.add_argument("--trace-dir", help="with --profile-steps: keep a gzip'd Chrome trace per variant here")
@@ -170,16 +176,22 @@ def main(argv=None) -> int:
         print(f"bench/train.py: error: {error}", file=sys.stderr)
         return 2
     data_source = (args.data_label or data.source) + (" (synthetic)" if data.synthetic and args.data_label else "")
-    config = Config(train_images=len(data.train_labels), epochs=args.epochs, base_width=args.base_width,
-                    ema_epochs=min(Config().ema_epochs, args.epochs - 1))
+    overrides = {name: value for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                                 ("base_width", args.base_width)) if value is not None}
+    try:
+        config = make_config(args.recipe, train_images=len(data.train_labels), **overrides)
+    except ValueError as error:
+        p.error(str(error))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
     test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
-    flops = flops_per_run(config, device, dtype, len(data.test_labels))
+    counted = flops_per_run(config, device, dtype, len(data.test_labels))
+    flops = counted["run"]
     env = environment(device)
-    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | data: {data_source} | "
-          f"{args.runs} runs per variant | {flops / 1e12:.1f} TFLOP per run", flush=True)
+    print(f"recipe: {args.recipe} | device: {env['device']} | torch {env['torch']} | triton {env['triton']} | "
+          f"data: {data_source} | {args.runs} runs per variant | {flops / 1e12:.1f} TFLOP per run "
+          f"({counted['step'] / 1e9:.0f} GFLOP per step of {config.batch_size})", flush=True)
 
     results = {}
     for name in variants:
@@ -194,7 +206,8 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.json:     # after every variant: a time limit never loses a finished variant
-            write_json(args.json, {"variants": results, "partial": True, "data_source": data_source, **env})
+            write_json(args.json, {"recipe": args.recipe, "variants": results, "partial": True,
+                                   "data_source": data_source, **env})
 
     finished = {name: entry for name, entry in results.items() if "summary" in entry}
     base = finished.get("eager", {}).get("summary")
@@ -207,8 +220,8 @@ def main(argv=None) -> int:
     date = time.strftime("%Y-%m-%d")
     width = max(15, *(len(name) for name in results))
     print(f"\nbench/train.py on {env['device']}, {date}, commit {env['git_commit']}, torch {env['torch']}, "
-          f"triton {env['triton']}, data: {data_source}")
-    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'EMA acc':>8} {'std':>6} {'vs eager':>8} {'>=94%':>6} "
+          f"triton {env['triton']}, recipe: {args.recipe}, data: {data_source}")
+    print(f"{'variant':<{width}} {'mode':<15} {'runs':>4} {'accuracy':>8} {'std':>6} {'vs eager':>8} {'>=94%':>6} "
           f"{'train s':>8} {'total s':>8} {'speed-up':>8} {'TFLOP/s':>8} {'peak GiB':>8} {'compile s':>9}")
     for name, entry in results.items():
         if "summary" not in entry:
@@ -229,14 +242,14 @@ def main(argv=None) -> int:
         print("\nprofiled window per variant (ms per training step; host: the CPU's time to issue the steps, "
               "wall: until the GPU is done; unprofiled: the same count of steps just before, no profiler)")
         for name, profile in profiled.items():
-            print(format_line(name, profile))
+            print(format_line(f"{args.recipe}/{name}", profile))
         for name, profile in profiled.items():
             detail = format_detail(name, profile)
             if detail:
                 print(detail)
 
-    payload = {"variants": results, "data_source": data_source, "runs_per_variant": args.runs,
-               "flops_per_run": flops, "compile_mode": args.compile_mode, "profile_steps": args.profile_steps,
+    payload = {"recipe": args.recipe, "variants": results, "data_source": data_source, "runs_per_variant": args.runs,
+               "flops_per_run": flops, "flops_per_step": counted["step"], "compile_mode": args.compile_mode, "profile_steps": args.profile_steps,
                "config": config.to_dict(), "date": date, **env}
     if args.json:
         write_json(args.json, payload)
@@ -251,7 +264,7 @@ def main(argv=None) -> int:
             for name, entry in finished.items():
                 s = entry["summary"]
                 writer.writerow([env["device"], date, env["git_commit"], env["torch"], env["triton"], data_source,
-                                 name, entry["compile_mode"], s["runs"], s["mean_ema_accuracy"],
+                                 args.recipe, name, entry["compile_mode"], s["runs"], s["mean_ema_accuracy"],
                                  s["std_ema_accuracy"], s["share_at_or_above_94"], s["mean_train_seconds"],
                                  s["mean_total_seconds"], s["speedup_total"], s["tflops"], s["peak_memory_gib"],
                                  s["compile_seconds"]])

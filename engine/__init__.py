@@ -1,8 +1,9 @@
-"""cifar-speedrun's engine: the hlb-CIFAR10 recipe as a library (README "Library").
+"""cifar-speedrun's engine: the recipes as a library (README "Library").
 
     import engine
     result = engine.fit(engine.Config(epochs=10), data="data", seed=0)
     engine.evaluate(result.ema_model, engine.load_cifar10("data"))
+    engine.fit(engine.make_config("airbench94-muon"), data="data", seed=0)   # the record recipe
 
 The names below load their module on first use, so `import engine` stays cheap
 (no torch, no Triton) and does nothing else.
@@ -12,7 +13,8 @@ _EXPORTS = {
     "fit": "engine.api",                  # train one run: returns a RunResult with the networks
     "evaluate": "engine.api",             # flip-TTA test accuracy of a network
     "make_deterministic": "engine.api",   # torch's deterministic flags (CUDA)
-    "Config": "engine.config",            # every hyperparameter
+    "Config": "engine.recipes.seed",      # the seed recipe's hyperparameters (the default recipe)
+    "make_config": "engine.recipes",      # any recipe's Config by name: seed, seed-long, airbench94-muon
     "CifarLoader": "engine.data",         # the on-device augmenting loader on its own
     "Cifar10": "engine.data",
     "load_cifar10": "engine.data",

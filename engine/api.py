@@ -2,7 +2,8 @@
 
     result = engine.fit(engine.Config(...), data="synthetic", seed=0)
     result.ema_model, result.ema_accuracy, result.epochs       # network and figures
-    engine.evaluate(result.ema_model, data)                    # flip-TTA test accuracy
+    engine.evaluate(result.ema_model, data)                    # its recipe's test accuracy
+    engine.make_config("airbench94-muon", epochs=8)            # another recipe's Config
 
 `fit` trains one run of the recipe exactly as `run.py` does (same seed, same
 numbers); `CifarLoader` is the on-device loader on its own; `save_checkpoint` /
@@ -14,12 +15,14 @@ import os
 
 import torch
 
-from engine.config import Config
+from torch import nn
+
 from engine.data import Cifar10, CifarLoader, load_cifar10
-from engine.model import Network
+from engine.evaluation import evaluate as evaluate_loader
 from engine.ops import make_ops
 from engine.progress import Progress
-from engine.train import RunResult, Trainer, evaluate as evaluate_loader
+from engine.recipes.seed import Config
+from engine.train import RunResult, Trainer
 
 
 def default_device() -> torch.device:
@@ -51,8 +54,8 @@ def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed
         compile: bool = False, synthetic_size: int = 50_000, progress: bool = False) -> RunResult:
     """Train one run of the recipe and return its `RunResult`.
 
-    config: the recipe (default `Config()`, SPEC's numbers); its train_images is set to the
-      data's size. data: "synthetic", an .npz file, a torchvision CIFAR-10 root, or a
+    config: the recipe's Config (default: the seed recipe's `Config()`; another recipe's from
+      `make_config(name, ...)`); its train_images is set to the data's size. data: "synthetic", an .npz file, a torchvision CIFAR-10 root, or a
       `Cifar10` from `load_cifar10`. seed: the run's seed (and the synthetic data's, as in
       run.py). device/dtype/kernels: default CUDA + float16 + triton when present, else
       CPU + float32 + eager. compile: torch.compile (warm-up included). progress: print the
@@ -81,13 +84,17 @@ def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed
     return result
 
 
-def evaluate(model: Network, data: CifarLoader | Cifar10, tta_flip: bool = True,
-             batch_size: int | None = None) -> float:
-    """Test accuracy of `model` with flip test-time augmentation (BatchNorm in eval mode).
+def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_size: int | None = None) -> float:
+    """Test accuracy of `model` (a network built by a recipe: BatchNorm in eval mode) with its
+    recipe's final evaluation views (the seed recipe: flip test-time augmentation), or with
+    `views(forward, images) -> logits` (engine.evaluation: plain_logits, flip_averaged_logits).
     data: a test `CifarLoader`, or a `Cifar10` whose test split is loaded onto the model's
-    device and dtype (batches of `batch_size`, default the recipe's 1000)."""
+    device and dtype (normalised as the recipe says; batches of `batch_size`, default the
+    recipe's)."""
+    config = model.config
+    views = views or config.evaluation_views(final=True)
     if isinstance(data, Cifar10):
         parameter = next(model.parameters())
-        config = Config(test_batch_size=batch_size or Config().test_batch_size)
+        config = config.replace(test_batch_size=batch_size or config.test_batch_size)
         data = CifarLoader(data.test_images, data.test_labels, config, False, parameter.device, parameter.dtype)
-    return evaluate_loader(model, data, tta_flip)
+    return evaluate_loader(model, data, views)

@@ -1,11 +1,12 @@
 """Checkpoints: a trained network with what it takes to rebuild and re-check it.
 
 A checkpoint is one `torch.save` file holding the network's state dict, the
-`Config` it was built from, the data it was trained on (source text and how to
+recipe and `Config` it was built from, the data it was trained on (source text and how to
 load it again), its measured test accuracy, the seed, the dtype and the kernels
 used. It is written atomically (a temporary file in the same directory, then a
 rename), so an interrupted save never leaves a half-written file behind.
-`load_checkpoint` rebuilds the network with the eager operations, on any device.
+`load_checkpoint` rebuilds the recipe's network with the eager operations, on any device.
+Checkpoints written before recipes existed hold the seed recipe.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import tempfile
 
 import torch
 
-from engine.config import Config
-from engine.model import Network, build_network
+from torch import nn
+
 from engine.ops import make_ops
+from engine.recipes import config_class
 
 FORMAT = "cifar-speedrun checkpoint 1"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -30,18 +32,21 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def save_checkpoint(path: str, model: Network, config: Config, *, accuracy: float | None = None,
-                    data_source: str | None = None, data: dict | None = None, **extra) -> str:
+def save_checkpoint(path: str, model: nn.Module, config, *, accuracy: float | None = None,
+                    data_source: str | None = None, data: dict | None = None, recipe: str | None = None,
+                    **extra) -> str:
     """Write `model` (e.g. a run's `ema_model`) with its config to `path` atomically.
 
     accuracy: its measured test accuracy (flip TTA), checked again by `evaluate`;
     data_source: how reports name the data; data: how to load it again, e.g.
     {"data": "synthetic", "synthetic_size": 50000, "seed": 0}; extra: anything else
-    worth keeping (seed, kernels, ...). Returns `path`."""
+    worth keeping (seed, kernels, ...); recipe: the --recipe name (default: the config's recipe).
+    Returns `path`."""
     parameter = next(model.parameters())
     payload = {
         "format": FORMAT,
         "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
+        "recipe": recipe or config.recipe,
         "config": config.to_dict(),
         "accuracy": accuracy,
         "data_source": data_source,
@@ -79,18 +84,20 @@ def read_checkpoint(path: str) -> dict:
     return payload
 
 
-def load_checkpoint(path: str, device=None, dtype: torch.dtype | None = None) -> tuple[Network, dict]:
-    """Rebuild the saved network (eager operations, eval mode) on `device` (default: CUDA
-    when present) in `dtype` (default: the saved one). Returns (network, checkpoint dict);
-    the dict's "config" is a `Config`."""
+def load_checkpoint(path: str, device=None, dtype: torch.dtype | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the saved network of its recipe (eager operations, eval mode) on `device`
+    (default: CUDA when present) in `dtype` (default: the saved one). Returns (network,
+    checkpoint dict); the dict's "config" is the recipe's `Config`."""
     payload = read_checkpoint(path)
     try:
-        config = Config(**payload["config"])
+        fields = {name: tuple(value) if isinstance(value, list) else value
+                  for name, value in payload["config"].items()}
+        config = config_class(payload.get("recipe", "seed"))(**fields)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its config does not fit this version of the engine ({error}).") from None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or DTYPES[payload["dtype"]]
-    model = build_network(config, make_ops("eager"), device, dtype)
+    model = config.build_network(make_ops("eager"), device, dtype)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:

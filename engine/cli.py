@@ -10,18 +10,35 @@ import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.config import Config
 from engine.data import CifarLoader, DataError, load_cifar10
 from engine.distributed import World, barrier, finish, gather, start, world_from_env
 from engine.errors import check_kernels, explain
 from engine.ops import KERNEL_CHOICES, make_ops
 from engine.plots import plot_runs, require_matplotlib
 from engine.progress import Progress
+from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config
 from engine.report import device_name, environment, format_summary, summarize, write_json
 from engine.train import COMPILE_MODES, Trainer, TrainingDiverged
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DEFAULTS = Config()
+
+# Recipe overrides: option -> (Config field, type, what it is). Each applies to the recipes
+# whose Config has that field; given with another recipe, it is refused.
+OVERRIDES = {
+    "--epochs": ("epochs", "positive_int", "training epochs"),
+    "--batch-size": ("batch_size", "positive_int", "training batch size"),
+    "--base-width": ("base_width", "positive_int", "every layer's width scales with it (small: quick CPU runs)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing of the cross-entropy"),
+    "--lr": ("lr", float, "peak learning rate of the non-bias group"),
+    "--weight-decay": ("weight_decay", float, "weight decay of the non-bias group"),
+    "--momentum": ("momentum", float, "Nesterov momentum"),
+    "--ema-epochs": ("ema_epochs", "non_negative_int",
+                     "last epochs run with EMA and at the final lr (at most --epochs - 1)"),
+    "--ema-decay": ("ema_decay", float, "EMA decay per step"),
+    "--cutout": ("cutout", "non_negative_int", "cutout square size (0: off)"),
+    "--whiten-chunk": ("whiten_chunk", "positive_int",
+                       "images per whitening statistics chunk (lower it if whitening runs out of memory)"),
+}
 
 
 def positive_int(text: str) -> int:
@@ -76,23 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
-    g = p.add_argument_group("recipe overrides (defaults: SPEC.md)")
-    g.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
-    g.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    g.add_argument("--base-width", type=positive_int, default=DEFAULTS.base_width,
-                   help="64 in the recipe; smaller widths scale every layer (quick CPU runs)")
-    g.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak lr of the non-bias group")
-    g.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    g.add_argument("--momentum", type=float, default=DEFAULTS.momentum)
-    g.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
-    g.add_argument("--ema-epochs", type=non_negative_int, default=None,
-                   help=f"last epochs run with EMA and at the final lr (default {DEFAULTS.ema_epochs}, "
-                        f"at most --epochs - 1)")
-    g.add_argument("--ema-decay", type=float, default=DEFAULTS.ema_decay)
-    g.add_argument("--cutout", type=non_negative_int, default=DEFAULTS.cutout)
-    g.add_argument("--whiten-chunk", type=positive_int, default=DEFAULTS.whiten_chunk,
-                   help="images per whitening covariance chunk (lower it if whitening runs out of memory)")
+    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
+    g.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE,
+                   help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
+                        "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
+                        "airbench94 with the Muon optimizer, the record recipe")
+    g = p.add_argument_group("recipe overrides (default: the recipe's own; refused where the recipe has no "
+                             "such setting)")
+    for option, (field, kind, meaning) in OVERRIDES.items():
+        g.add_argument(option, dest=field, default=None, metavar=field.upper(),
+                       type={"positive_int": positive_int, "non_negative_int": non_negative_int}.get(kind, kind),
+                       help=f"{meaning} ({override_defaults(field)})")
     return p
+
+
+def override_defaults(field: str) -> str:
+    """'seed 10, seed-long 80, airbench94-muon 8': the recipes that have `field`, with their defaults."""
+    shown = []
+    for name, (cls, preset) in RECIPES.items():
+        if field in cls.field_names():
+            value = preset.get(field, getattr(cls, field))
+            shown.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(shown).replace("%", "%%")
 
 
 def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
@@ -155,20 +177,24 @@ def main(argv=None) -> int:
         finish(world)
 
 
-def recipe_config(args, train_images: int) -> Config:
-    """The recipe with the command line's overrides (ValueError names a bad one)."""
-    ema_epochs = args.ema_epochs if args.ema_epochs is not None else min(DEFAULTS.ema_epochs, args.epochs - 1)
-    return Config(train_images=train_images, epochs=args.epochs, batch_size=args.batch_size,
-                  base_width=args.base_width, lr=args.lr, weight_decay=args.weight_decay,
-                  momentum=args.momentum, label_smoothing=args.label_smoothing,
-                  ema_epochs=ema_epochs, ema_decay=args.ema_decay, cutout=args.cutout,
-                  whiten_chunk=args.whiten_chunk)
+def recipe_config(args, train_images: int):
+    """The chosen recipe with the command line's overrides. ValueError names a bad value, or
+    an override the recipe has no setting for."""
+    given = {option: field for option, (field, _, _) in OVERRIDES.items() if getattr(args, field) is not None}
+    cls = RECIPES[args.recipe][0]
+    foreign = [option for option, field in given.items() if field not in cls.field_names()]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to --recipe "
+                         f"{args.recipe}; drop {'it' if len(foreign) == 1 else 'them'} (the recipes each "
+                         f"option applies to are listed in --help)")
+    return make_config(args.recipe, train_images=train_images,
+                       **{field: getattr(args, field) for field in given.values()})
 
 
 def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     """Load the data, train this process's runs, gather them; rank 0 reports."""
     try:   # the overrides first: a typo should not wait for the data to load
-        recipe_config(args, train_images=max(args.batch_size, 1))
+        recipe_config(args, train_images=max(args.batch_size or RECIPES[args.recipe][0].batch_size, 1))
     except ValueError as error:
         parser.error(str(error))
     if args.download and not world.main:
@@ -193,7 +219,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
                     prefix=f"[rank {world.rank}] " if world.distributed else "")
     if world.main and not args.quiet:
-        print(f"data: {data.source} | device: {name}"
+        print(f"recipe: {args.recipe} | data: {data.source} | device: {name}"
               f"{f' (x{world.size} processes)' if world.distributed else ''} | "
               f"dtype: {str(dtype).removeprefix('torch.')} | kernels: {kernels} | "
               f"compile: {args.compile_mode if args.compile else 'off'} | "
@@ -201,7 +227,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
               f"{' | deterministic' if args.deterministic else ''}", flush=True)
     try:
         ops = make_ops(kernels)
-        check_kernels(ops, device, dtype)
+        check_kernels(ops, device, dtype, config)
         trainer = Trainer(config, ops, device, dtype, compile=args.compile, compile_mode=args.compile_mode)
         train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
         test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
@@ -239,7 +265,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
                     accuracy=result.ema_accuracy, data_source=data.source,
                     data={"data": args.data, "synthetic_size": args.synthetic_size, "seed": args.seed},
                     seed=seed, ema_accuracy=result.ema_accuracy, network_accuracy=result.accuracy,
-                    kernels=kernels, compile=args.compile)
+                    kernels=kernels, compile=args.compile, recipe=args.recipe)
             runs.append((index, record))
             show.end_run(f"final: EMA accuracy {100 * result.ema_accuracy:.2f}%, accuracy "
                          f"{100 * result.accuracy:.2f}%, {result.train_seconds:.3f} s training, "
@@ -269,7 +295,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     return 1 if any(p["error"] for p in processes) or not finished else 0
 
 
-def report(args, world: World, processes: list, data, config: Config, device, dtype, kernels: str):
+def report(args, world: World, processes: list, data, config, device, dtype, kernels: str):
     """The one summary, JSON file and plot, from every process's runs in run order."""
     runs = [record for _, record in sorted((item for p in processes for item in p["runs"]), key=lambda i: i[0])]
     names = sorted({p["device"] for p in processes})
@@ -306,7 +332,8 @@ def report(args, world: World, processes: list, data, config: Config, device, dt
 def build_evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py evaluate",
                                 description="Reload a network saved with `run.py --save` and measure its test "
-                                            "accuracy (flip TTA) next to the one recorded at training.")
+                                            "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
+                                            "training.")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a file written by run.py --save")
     p.add_argument("--data", help="as run.py --data (default: the data the checkpoint was trained on)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
@@ -337,7 +364,7 @@ def evaluate_main(argv) -> int:
         print(f"run.py evaluate: error: {error}", file=sys.stderr)
         return 2
     config = saved["config"]
-    accuracy = evaluate(model, data, config.tta_flip, config.test_batch_size)
+    accuracy = evaluate(model, data)
     dtype = next(model.parameters()).dtype
     print(f"checkpoint: {args.checkpoint} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
           f"kernels at training: {saved.get('kernels')} | dtype: {str(dtype).removeprefix('torch.')} | "

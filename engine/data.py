@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES, Config
+from engine.config import IMAGE_SIZE, NUM_CLASSES
 
 
 class DataError(ValueError):
@@ -149,11 +149,11 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
 
 # ---- on the device ----
 
-def normalize(images_uint8: np.ndarray, device, dtype) -> torch.Tensor:
+def normalize(images_uint8: np.ndarray, device, dtype, mean, std) -> torch.Tensor:
     """(N, 32, 32, 3) uint8 -> (N, 3, 32, 32) scaled to [0, 1] and normalised per channel."""
     images = torch.from_numpy(images_uint8).to(device).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
     return ((images - mean) / std).to(dtype).contiguous()
 
 
@@ -179,6 +179,16 @@ def random_flip(images: torch.Tensor, generator: torch.Generator):
     return torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images), flipped
 
 
+def alternating_flip(images: torch.Tensor, epoch: int, first_epoch_flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose `first_epoch_flips` differs from the parity of `epoch`: each
+    image keeps a coin drawn once per run and alternates orientation from epoch to epoch.
+    (airbench mirrors the chosen images once before padding and cropping, then the whole set
+    every odd epoch; cropping a mirrored image equals mirroring a crop at the mirrored
+    offset, and offsets are uniform, so the augmented images have the same distribution.)"""
+    flipped = first_epoch_flips ^ bool(epoch % 2)
+    return torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Zero one size x size square per image at a random position (clipped at the border)."""
     n, _, height, width = images.shape
@@ -190,39 +200,60 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     return images.masked_fill(inside.unsqueeze(1), 0)
 
 
-class CifarLoader:
-    """The whole split on the device. Training: augmented anew each epoch, shuffled,
-    full batches only. Test: plain batches covering every image."""
+@dataclass(frozen=True)
+class Augmentation:
+    """What a recipe does to its training images each epoch (on the device, batched)."""
+    pad: int = 0             # reflect padding each side, once; crops draw offsets 0..2*pad per axis
+    flip: str = "random"     # "none", "random" (a fresh coin per image and epoch) or "alternating"
+    cutout: int = 0          # cutout square size; 0 disables it
 
-    def __init__(self, images_uint8: np.ndarray, labels: np.ndarray, config: Config, train: bool,
-                 device, dtype):
+    def __post_init__(self):
+        if self.flip not in ("none", "random", "alternating"):
+            raise ValueError(f"unknown flip {self.flip!r}; choose none, random or alternating")
+
+
+class CifarLoader:
+    """The whole split on the device, normalised with the recipe's mean and std. Training:
+    augmented anew each epoch as `config.augmentation` says, shuffled, full batches only.
+    Test: plain batches covering every image."""
+
+    def __init__(self, images_uint8: np.ndarray, labels: np.ndarray, config, train: bool, device, dtype):
         self.config, self.train = config, train
-        self.images = normalize(images_uint8, device, dtype)
+        self.augmentation = config.augmentation if train else Augmentation(flip="none")
+        self.images = normalize(images_uint8, device, dtype, config.mean, config.std)
         self.labels = torch.from_numpy(labels).to(device)
         self.batch_size = config.batch_size if train else config.test_batch_size
-        if train and config.pad:
-            # Padded once, kept for the whole run; crops draw from it every epoch.
-            self.padded = F.pad(self.images, (config.pad,) * 4, mode="reflect")
+        if self.augmentation.pad:
+            # Padded once, kept for the whole process; crops draw from it every epoch.
+            self.padded = F.pad(self.images, (self.augmentation.pad,) * 4, mode="reflect")
         else:
             self.padded = self.images
+        self.first_epoch_flips = None     # "alternating": each image's coin, drawn in epoch 0 of a run
         self.last_permutation = None
 
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
-    def augment(self, generator: torch.Generator) -> torch.Tensor:
+    def augment(self, generator: torch.Generator, epoch: int = 0) -> torch.Tensor:
+        aug = self.augmentation
         images = self.padded
-        if self.config.pad:
-            images, _ = random_crop(images, 32, generator)
-        if self.config.flip:
+        if aug.flip == "alternating" and epoch == 0:
+            self.first_epoch_flips = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+        if aug.pad:
+            images, _ = random_crop(images, IMAGE_SIZE, generator)
+        if aug.flip == "random":
             images, _ = random_flip(images, generator)
-        if self.config.cutout > 0:
-            images = cutout(images, self.config.cutout, generator)
+        elif aug.flip == "alternating":
+            if self.first_epoch_flips is None:
+                raise RuntimeError("alternating flips start at epoch 0 of a run")
+            images = alternating_flip(images, epoch, self.first_epoch_flips)
+        if aug.cutout > 0:
+            images = cutout(images, aug.cutout, generator)
         return images.contiguous(memory_format=torch.channels_last)
 
-    def epoch(self, generator: torch.Generator | None = None):
-        """Yield (images, labels) batches: one epoch."""
+    def epoch(self, generator: torch.Generator | None = None, epoch: int = 0):
+        """Yield (images, labels) batches: one epoch (`epoch`: its 0-based index in the run)."""
         if not self.train:
             for start in range(0, len(self.labels), self.batch_size):
                 end = start + self.batch_size
@@ -231,7 +262,7 @@ class CifarLoader:
             return
         permutation = torch.randperm(len(self.labels), device=self.labels.device, generator=generator)
         self.last_permutation = permutation
-        images = self.augment(generator)[permutation].contiguous(memory_format=torch.channels_last)
+        images = self.augment(generator, epoch)[permutation].contiguous(memory_format=torch.channels_last)
         labels = self.labels[permutation]
         for step in range(len(self)):
             batch = slice(step * self.batch_size, (step + 1) * self.batch_size)

@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import Config
-from engine.model import build_network
 from engine.ops import Ops
-from engine.train import OutOfMemory, loss_function
+from engine.train import OutOfMemory
 
 
 class KernelError(RuntimeError):
     """The chosen kernels cannot run on this device."""
 
 
-def check_kernels(ops: Ops, device, dtype):
-    """Forward and backward of a tiny network, then its eval forward and a patch
-    covariance, through `ops`: every operation of the table runs once."""
-    config = Config(base_width=16, train_images=512)
+def check_kernels(ops: Ops, device, dtype, config):
+    """Forward and backward of a tiny network of `config`'s recipe, then its eval forward
+    and a patch covariance, through `ops`: every operation the recipe uses runs once."""
+    config = config.replace(base_width=16)
     try:
         generator = torch.Generator().manual_seed(0)
-        model = build_network(config, ops, device, dtype)
+        model = config.build_network(ops, device, dtype)
         images = torch.randn(2, 3, 32, 32, generator=generator).to(device, dtype)
         images = images.contiguous(memory_format=torch.channels_last)
-        loss_function(model(images), torch.tensor([0, 1], device=device), config).backward()
+        config.loss(model(images), torch.tensor([0, 1], device=device)).backward()
         model.eval()
         with torch.no_grad():
             model(images)
@@ -53,7 +51,7 @@ def _is_triton_error(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] == "triton"
 
 
-def explain(error: BaseException, config: Config, compile: bool = False) -> str | None:
+def explain(error: BaseException, config, compile: bool = False) -> str | None:
     """What to do about `error`, or None when it is not one we know how to fix."""
     first_line = (str(error).strip().splitlines() or [""])[0]
     if isinstance(error, (OutOfMemory, KernelError)):

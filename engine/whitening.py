@@ -1,10 +1,12 @@
-"""Whitening initialisation of the first convolution (SPEC "Whitening initialisation").
+"""Whitening initialisation of the first convolution (docs/recipe.md, "Whitening").
 
-One covariance over all k x k patches of the unpadded training images,
-accumulated chunk by chunk (memory bounded whatever N is) and merged exactly
-in float64 (Chan et al.'s pairwise update), then one eigendecomposition.
-The release instead averaged per-chunk eigenvectors, whose signs are arbitrary:
-this single decomposition is our deliberate improvement.
+Patch statistics are streamed: the mean and covariance of all k x k patches of
+the unpadded training images, accumulated chunk by chunk (memory bounded
+whatever N is) and merged exactly in float64 (Chan et al.'s pairwise update).
+The seed recipe decomposes that one covariance; the release instead averaged
+per-chunk eigenvectors, whose signs are arbitrary: the single decomposition is
+our deliberate improvement. The record recipe decomposes the uncentered second
+moment, derived here from the same mean and covariance.
 """
 from __future__ import annotations
 
@@ -33,6 +35,17 @@ def streamed_patch_statistics(images: torch.Tensor, kernel_size: int, chunk: int
         scatter = scatter + block_scatter + torch.outer(delta, delta) * (total * count / merged)
         total = merged
     return mean, scatter / (total - 1)
+
+
+def patch_count(images: torch.Tensor, kernel_size: int) -> int:
+    """Stride-1 k x k patches in (N, C, H, W) images."""
+    return images.shape[0] * (images.shape[2] - kernel_size + 1) * (images.shape[3] - kernel_size + 1)
+
+
+def uncentered_second_moment(mean: torch.Tensor, covariance: torch.Tensor, count: int) -> torch.Tensor:
+    """(P^T P) / count of `count` patches P from their mean and unbiased covariance:
+    covariance * (count - 1) / count + mean mean^T."""
+    return covariance * ((count - 1) / count) + torch.outer(mean, mean)
 
 
 def whitening_filters(covariance: torch.Tensor, channels: int, kernel_size: int, eps: float):

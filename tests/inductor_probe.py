@@ -113,15 +113,14 @@ def probe_network():
     """The engine's compiled forward + loss with the Triton operations, at the recipe's
     widths (a batch of 8). The operations' own input checks refuse CPU tensors outside the
     interpreter; here nothing runs, so they are told it is one."""
-    from engine.config import Config
-    from engine.model import build_network
+    from engine.recipes.seed import Config
     from engine.ops import make_ops
     from engine.train import Trainer
 
     kernels._common.interpreting = lambda: True
     config = Config()
     trainer = Trainer(config, make_ops("triton"), "cpu", torch.float16)
-    model = build_network(config, trainer.ops, "cpu", torch.float16)
+    model = config.build_network(trainer.ops, "cpu", torch.float16)
     images = torch.randn(8, 3, 32, 32, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (8,))
     return probe(lambda images, labels: trainer._forward_loss(model, images, labels)[0], [images, labels])

@@ -17,7 +17,7 @@ def test_device_check_runs_every_stage_and_prints_the_summary_last(tmp_path):
              test_labels=rng.integers(0, 10, 200))
     out = tmp_path / "out"
     env = dict(os.environ,
-               DEVICE_CHECK_TRAIN_ARGS=f"--device cpu --base-width 8 --epochs 2 --profile-steps 2 --variants eager "
+               DEVICE_CHECK_TRAIN_ARGS=f"--device cpu --base-width 8 --epochs 2 --batch-size 256 --profile-steps 2 --variants eager "
                                        f"--csv {tmp_path / 'train.csv'}",
                DEVICE_CHECK_TEST_ARGS="-k test_gelu_rejects")
     proc = subprocess.run(["bash", "bench/device_check.sh", "--quick", "--label", "tiny test data", str(data), str(out)],
@@ -25,10 +25,15 @@ def test_device_check_runs_every_stage_and_prints_the_summary_last(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = proc.stdout[proc.stdout.index("device check summary"):]
     assert "bench/train.py: exit 0" in summary and "kernel tests (CUDA): exit 0" in summary
-    assert "data: tiny test data" in summary and "\neager " in summary and "profile eager: 2 steps" in summary
+    assert "bench/train.py --recipe airbench94-muon: exit 0" in summary
+    assert "recipe: seed, data: tiny test data" in summary and "recipe: airbench94-muon, data: tiny test data" in summary
+    assert summary.count("\neager ") == 2
+    assert "profile seed/eager: 2 steps" in summary and "profile airbench94-muon/eager: 2 steps" in summary
     assert "passed" in summary                                   # the kernel tests' result line
-    assert "profile eager: 2 steps" in (out / "summary.txt").read_text()
-    results = json.loads((out / "train.json").read_text())
-    assert results["variants"]["eager"]["summary"]["runs"] == 2 and "profile" in results["variants"]["eager"]
+    assert "profile airbench94-muon/eager: 2 steps" in (out / "summary.txt").read_text()
+    for name, recipe in (("train.json", "seed"), ("train_airbench94-muon.json", "airbench94-muon")):
+        results = json.loads((out / name).read_text())
+        assert results["recipe"] == recipe
+        assert results["variants"]["eager"]["summary"]["runs"] == 2 and "profile" in results["variants"]["eager"]
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8, f"the device tool brings back 8 files at most: {sorted(p.name for p in files)}"

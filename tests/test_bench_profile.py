@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from torch.autograd import DeviceType
 
-from engine.config import Config
+from engine.recipes.seed import Config
 from engine.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,7 @@ def test_profile_steps_writes_a_profile_and_a_trace(bench_train, tmp_path, capsy
     with gzip.open(profile["trace"], "rt") as file:
         assert "traceEvents" in json.load(file)
     out = capsys.readouterr().out
-    assert "profile eager: 2 steps" in out and "GPU kernels - ms/step" in out
+    assert "profile seed/eager: 2 steps" in out and "GPU kernels - ms/step" in out
 
 
 def test_unknown_variant_is_rejected(bench_train, capsys):
@@ -137,4 +137,4 @@ def test_a_failing_profile_keeps_the_timed_figures(bench_train, tmp_path, monkey
     assert bench_train.main(TINY + ["--variants", "eager", "--profile-steps", "2", "--json", str(path)]) == 0
     entry = json.loads(path.read_text())["variants"]["eager"]
     assert entry["summary"]["runs"] == 1 and entry["profile"]["error"] == "RuntimeError: no profiler today"
-    assert "profile eager: FAILED: RuntimeError: no profiler today" in capsys.readouterr().out
+    assert "profile seed/eager: FAILED: RuntimeError: no profiler today" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """The recipe's numbers and everything derived from them (SPEC "Training")."""
 import pytest
 
-from engine.config import Config, lr_factor
+from engine.recipes.seed import Config, lr_factor
 
 PEAK = 1.15 * 1.35 / 512
 

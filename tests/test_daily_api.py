@@ -12,7 +12,7 @@ import torch
 
 import engine
 from engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from engine.config import Config
+from engine.recipes.seed import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Config(base_width=8, batch_size=128, epochs=2, ema_epochs=1)
@@ -111,9 +111,8 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
-    from engine.model import build_network
     from engine.ops import make_ops
-    model = build_network(CONFIG, make_ops("eager"), "cpu", torch.float32)
+    model = CONFIG.build_network(make_ops("eager"), "cpu", torch.float32)
     path = tmp_path / "model.pt"
     save_checkpoint(str(path), model, CONFIG, accuracy=0.5)
     before = path.read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.config import Config
+from engine.recipes.seed import Config
 from engine.distributed import World, world_from_env
 
 ROOT = Path(__file__).resolve().parents[1]

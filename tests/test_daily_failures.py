@@ -8,10 +8,11 @@ import torch
 
 import engine
 from engine import cli
-from engine.config import Config, lr_factor
+from engine.recipes.seed import Config, lr_factor
 from engine.data import CifarLoader, make_synthetic
 from engine.errors import explain
 from engine.ops import make_ops
+from engine.optim import Optimizers
 from engine.train import FiniteLossCheck, OutOfMemory, RunResult, Trainer, TrainingDiverged
 
 SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--device", "cpu", "--epochs", "2",
@@ -50,13 +51,15 @@ def test_nan_loss_stops_the_run_within_a_few_steps_naming_step_and_lr():
 
 
 def test_finite_check_reports_the_step_and_rate():
-    config = Config(train_images=1024, batch_size=128, epochs=2, ema_epochs=1)
-    check = FiniteLossCheck(torch.device("cpu"), config)
+    config = Config(train_images=1024, batch_size=128, epochs=2, ema_epochs=1, base_width=8)
+    model = config.build_network(make_ops("eager"), "cpu", torch.float32)
+    check = FiniteLossCheck(torch.device("cpu"), config, Optimizers(config.optimizer_groups(model)))
     check(torch.tensor(3.0), 1)
     check(torch.tensor(5.0), 2)
     with pytest.raises(TrainingDiverged, match=r"at step 3 of 16 \(epoch 1; finite up to step 2\)") as caught:
         check(torch.tensor(float("inf")), 3)
-    assert caught.value.step == 3 and caught.value.lr > 0
+    assert caught.value.step == 3 and caught.value.lr == pytest.approx(config.lr * lr_factor(2, config))
+    assert f"other group {caught.value.lr:.4g}, bias group" in str(caught.value)
 
 
 def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
@@ -98,9 +101,9 @@ def test_whitening_out_of_memory_names_the_chunk(monkeypatch):
     test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
     trainer = Trainer(config, make_ops("eager"), "cpu", torch.float32)
 
-    def no_memory(train):
+    def no_memory(config, model, images, ops):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-    monkeypatch.setattr(trainer, "whitening", no_memory)
+    monkeypatch.setattr(Config, "set_whitening", no_memory)
     with pytest.raises(OutOfMemory, match=r"lower --whiten-chunk \(now 5000"):
         trainer.run(train, test, seed=0)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import cli
-from engine.config import Config
+from engine.recipes.seed import Config
 from engine.data import CifarLoader, make_synthetic
 from engine.ops import make_ops
 from engine.progress import Progress

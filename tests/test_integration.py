@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import kernels
-from engine.config import Config
+from engine.recipes.seed import Config
 from engine.data import CifarLoader, make_synthetic
-from engine.model import build_network
 from engine.ops import make_ops
-from engine.train import EMA, Trainer, loss_function
+from engine.recipes.seed import loss_function
+from engine.train import EMA, Trainer
 from engine.whitening import whitening_weight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -26,7 +26,9 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 def make_pair(kind_a="eager", kind_b="triton", seed=0):
     weight = torch.randn(12, 3, 2, 2, generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
-    a = build_network(CONFIG, make_ops(kind_a), DEVICE, torch.float32, weight)
+    a = CONFIG.build_network(make_ops(kind_a), DEVICE, torch.float32)
+    with torch.no_grad():
+        a.whiten.weight.copy_(weight)
     b = copy.deepcopy(a)
     b.ops = make_ops(kind_b)
     for module in b.modules():                 # every submodule holds the same table
@@ -115,11 +117,11 @@ def test_runs_reuse_the_same_tensors_and_match_a_fresh_trainer():
     trainer = Trainer(config, make_ops("eager"), DEVICE, torch.float32)
     first = trainer.run(train, test, seed=0)
     kept = [t.data_ptr() for t in trainer.kept[0].state_dict().values()]
-    kept += [t.data_ptr() for optimizer in trainer.kept[2] for t in optimizer.buffers]
+    kept += [t.data_ptr() for t in trainer.kept[2].state_tensors()]
     first_weights = copy.deepcopy(first.model.state_dict())
     second = trainer.run(train, test, seed=1)
     assert [t.data_ptr() for t in trainer.kept[0].state_dict().values()] + [
-        t.data_ptr() for optimizer in trainer.kept[2] for t in optimizer.buffers] == kept
+        t.data_ptr() for t in trainer.kept[2].state_tensors()] == kept
     for name, value in first.model.state_dict().items():      # not overwritten by the second run
         assert torch.equal(value, first_weights[name]), name
     alone = Trainer(config, make_ops("eager"), DEVICE, torch.float32).run(train, test, seed=1)

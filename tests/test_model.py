@@ -1,14 +1,14 @@
-"""The network (SPEC "Network"), its optimizer groups, the loss and the EMA."""
+"""The seed recipe's network (docs/recipe.md "Network"), its optimizer groups, the loss and the EMA."""
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import Config
-from engine.model import Network, build_network, parameter_groups
 from engine.ops import make_ops
-from engine.train import EMA, NesterovSGD, loss_function, make_optimizers, nesterov_sgd_, step_optimizers
+from engine.optim import Optimizers
+from engine.recipes.seed import Config, Network, loss_function, lr_factor
+from engine.train import EMA
 
 
 def network(base_width=64, kind="eager"):
@@ -56,7 +56,8 @@ def test_batchnorm_settings():
 def test_optimizer_groups_lr_and_weight_decay():
     model = network(16)
     config = Config(base_width=16)
-    other, bias = make_optimizers(model, config)
+    other, bias = config.optimizer_groups(model)
+    assert (other.name, bias.name) == ("other", "bias") and other.rule == bias.rule == "sgd"
     names = {id(p): n for n, p in model.named_parameters()}
     bias_names = sorted(names[id(p)] for p in bias.params)
     assert all("bias" in n for n in bias_names)
@@ -67,48 +68,20 @@ def test_optimizer_groups_lr_and_weight_decay():
     assert (other.peak_lr, other.weight_decay) == pytest.approx((1.15 * 1.35 / 512, 0.85 * 4.8e-4 * 512))
     assert (bias.peak_lr, bias.weight_decay) == pytest.approx((1.15 * 1.35 * 32 / 512, 0.85 * 4.8e-4 * 512 / 32))
     assert other.momentum == bias.momentum == 0.85
+    for step in (0, 193, 500, 775, 969):                 # both groups follow the one-cycle schedule
+        assert other.lr_at(step) == pytest.approx(config.lr * lr_factor(step, config))
+        assert bias.lr_at(step) == pytest.approx(config.bias_lr * lr_factor(step, config))
 
 
-def test_nesterov_update_matches_torch_sgd():
-    torch.manual_seed(1)
-    params = [torch.randn(5, 3), torch.randn(7)]
-    reference = [p.clone().requires_grad_() for p in params]
-    optimizer = torch.optim.SGD(reference, lr=0.1, momentum=0.85, nesterov=True, weight_decay=0.2)
-    ours = NesterovSGD([p.clone().requires_grad_() for p in params], 0.1, 0.2, 0.85)
-    for _ in range(4):
-        grads = [torch.randn_like(p) for p in params]
-        for p, g in zip(reference, grads):
-            p.grad = g.clone()
-        for p, g in zip(ours.params, grads):
-            p.grad = g.clone()
-        optimizer.step()
-        ours.step(nesterov_sgd_)
-        assert all(p.grad is None for p in ours.params)
-        for a, b in zip(reference, ours.params):
-            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
-
-
-def test_one_update_call_for_both_groups_matches_torch_sgd():
-    """step_optimizers (what the trainer calls, compiled as one graph with --compile):
-    two groups with their own lr and weight decay, as torch.optim.SGD's param groups."""
-    torch.manual_seed(3)
-    groups = [[torch.randn(4, 2), torch.randn(3)], [torch.randn(6)]]
-    settings = [(0.1, 0.2), (0.7, 0.01)]
-    reference = [[p.clone().requires_grad_() for p in g] for g in groups]
-    optimizer = torch.optim.SGD([{"params": r, "lr": lr, "weight_decay": wd}
-                                 for r, (lr, wd) in zip(reference, settings)], momentum=0.85, nesterov=True)
-    ours = [NesterovSGD([p.clone().requires_grad_() for p in g], lr, wd, 0.85) for g, (lr, wd) in zip(groups, settings)]
-    for _ in range(3):
-        for r, o in zip(reference, ours):
-            for a, b in zip(r, o.params):
-                a.grad = torch.randn_like(a)
-                b.grad = a.grad.clone()
-        optimizer.step()
-        step_optimizers(ours)
-        for r, o in zip(reference, ours):
-            assert all(p.grad is None for p in o.params)
-            for a, b in zip(r, o.params):
-                torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
+def test_optimizers_write_each_group_s_rate_in_place():
+    model = network(16)
+    config = Config(base_width=16)
+    optimizers = Optimizers(config.optimizer_groups(model))
+    tensors = [lr.data_ptr() for lr in optimizers.lrs]
+    optimizers.set_step(300)
+    assert [lr.data_ptr() for lr in optimizers.lrs] == tensors
+    assert [lr.item() for lr in optimizers.lrs] == pytest.approx(
+        [config.lr * lr_factor(300, config), config.bias_lr * lr_factor(300, config)], rel=1e-6)
 
 
 def test_loss_is_the_scaled_sum_of_smoothed_cross_entropies():
@@ -152,8 +125,13 @@ def test_ema_copies_then_blends_every_floating_entry():
     assert not torch.equal(before["group1.norm1.running_mean"], ema.model.state_dict()["group1.norm1.running_mean"])
 
 
-def test_build_network_sets_whitening_and_layout():
-    weight = torch.randn(12, 3, 2, 2, dtype=torch.float64)
-    model = build_network(Config(base_width=16), make_ops("eager"), "cpu", torch.float32, weight)
-    torch.testing.assert_close(model.whiten.weight, weight.float())
+def test_set_whitening_writes_the_filters_of_the_training_images_and_keeps_the_layout():
+    from engine.whitening import whitening_weight
+    config = Config(base_width=16)
+    model = config.build_network(make_ops("eager"), "cpu", torch.float32)
+    images = torch.randn(40, 3, 32, 32)
+    config.set_whitening(model, images, make_ops("eager"))
+    expected = whitening_weight(images, 2, config.whiten_eps, config.whiten_chunk, make_ops("eager").patch_covariance)
+    torch.testing.assert_close(model.whiten.weight, expected.float())
     assert model.project.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.config is config

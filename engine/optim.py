@@ -1,0 +1,167 @@
+"""The optimizers the recipes use, written for torch.compile.
+
+A recipe describes its parameter groups (`Group`: a name, the parameters, an
+update rule and its settings, and a learning-rate schedule); `Optimizers`
+keeps their state tensors (momentum buffers and a 0-dim learning rate per
+group) and applies one step of every group in a single `update_groups_` call,
+which `Trainer` compiles: the whole update of a step is one graph, and since
+learning rates are tensors written in place, one compiled graph serves every
+step and every run.
+
+Two update rules:
+  * Nesterov SGD, the arithmetic of torch.optim.SGD(nesterov=True) with weight
+    decay added to the gradient (tests compare the two);
+  * Muon (airbench94's form): Nesterov momentum, the weight rescaled to
+    Frobenius norm sqrt(rows), then the step along the momentum direction
+    orthogonalised by a few Newton-Schulz iterations in bfloat16.
+torch.optim.Muon does not fit the record recipe: it takes only 2-D parameters
+(ours are 4-D conv filters, reshaped to (out, in*k*k) for the iteration only)
+and it has no per-step weight rescaling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def nesterov_sgd_(params, grads, buffers, lr, weight_decay: float, momentum: float):
+    """One SGD step with Nesterov momentum over lists of tensors: g += weight_decay * p;
+    buffer = momentum * buffer + g; p -= lr * (g + momentum * buffer). `lr` is a 0-dim tensor."""
+    grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_add_(buffers, grads)
+    torch._foreach_add_(grads, buffers, alpha=momentum)
+    torch._foreach_mul_(grads, lr)
+    torch._foreach_sub_(params, grads)
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int, coefficients=NEWTON_SCHULZ_COEFFICIENTS,
+                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7) -> torch.Tensor:
+    """An approximately orthogonal matrix with `matrix`'s singular vectors (singular values
+    pushed towards 1), in `dtype`: X = M / (||M|| + eps), working on the transpose when M has
+    more rows than columns; `steps` times A = X X^T, B = b A + c A A, X = a X + B X."""
+    a, b, c = coefficients
+    x = matrix.to(dtype)
+    x = x / (x.norm() + eps)
+    tall = matrix.shape[0] > matrix.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+def muon_(params, grads, buffers, lr, momentum: float, steps: int, coefficients=NEWTON_SCHULZ_COEFFICIENTS,
+          dtype: torch.dtype = torch.bfloat16):
+    """One Muon step over lists of tensors (the first dimension of each is its rows):
+    buffer = momentum * buffer + g; d = g + momentum * buffer; p *= sqrt(rows) / ||p||;
+    p -= lr * newton_schulz(d as (rows, rest)). `lr` is a 0-dim tensor."""
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_add_(buffers, grads)
+    directions = torch._foreach_add(grads, buffers, alpha=momentum)
+    for param, direction in zip(params, directions):
+        norm = param.norm(dtype=torch.promote_types(param.dtype, torch.float32))   # float16: in float32
+        param.mul_(math.sqrt(param.shape[0]) / norm)
+        step = newton_schulz(direction.reshape(direction.shape[0], -1), steps, coefficients, dtype)
+        param.sub_(step.view_as(param) * lr)
+
+
+def update_groups_(sgd_groups: list, muon_groups: list):
+    """nesterov_sgd_ over every (params, grads, buffers, lr, weight_decay, momentum) and muon_
+    over every (params, grads, buffers, lr, momentum, steps): compiled, one graph per step."""
+    for params, grads, buffers, lr, weight_decay, momentum in sgd_groups:
+        nesterov_sgd_(params, grads, buffers, lr, weight_decay, momentum)
+    for params, grads, buffers, lr, momentum, steps in muon_groups:
+        muon_(params, grads, buffers, lr, momentum, steps)
+
+
+def constant(step: int) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class Group:
+    """One parameter group as a recipe describes it. rule: "sgd" (Nesterov SGD with
+    `weight_decay`) or "muon" (`newton_schulz_steps` iterations, no weight decay);
+    lr at step s = peak_lr * schedule(s)."""
+    name: str
+    params: list
+    rule: str
+    peak_lr: float
+    momentum: float
+    weight_decay: float = 0.0
+    newton_schulz_steps: int = 0
+    schedule: Callable[[int], float] = constant
+
+    def __post_init__(self):
+        if self.rule not in ("sgd", "muon"):
+            raise ValueError(f"unknown update rule {self.rule!r}; choose sgd or muon")
+        if self.rule == "muon" and (self.weight_decay or self.newton_schulz_steps <= 0):
+            raise ValueError("a muon group has no weight decay and at least one Newton-Schulz step")
+
+    def lr_at(self, step: int) -> float:
+        return self.peak_lr * self.schedule(step)
+
+
+class Optimizers:
+    """The state of every group of a network: momentum buffers and a 0-dim lr tensor each.
+    `reset` starts a new run on the same tensors (what compiled code and CUDA graphs need)."""
+
+    def __init__(self, groups: list[Group]):
+        self.groups = list(groups)
+        self.buffers = [[torch.zeros_like(p) for p in group.params] for group in self.groups]
+        self.lrs = [torch.tensor(group.peak_lr, dtype=torch.float32,
+                                 device=group.params[0].device if group.params else "cpu")
+                    for group in self.groups]
+
+    def reset(self, groups: list[Group]):
+        """New settings and schedules (the same parameters), zeroed momentum."""
+        if [[id(p) for p in g.params] for g in groups] != [[id(p) for p in g.params] for g in self.groups]:
+            raise ValueError("reset() needs groups over the same parameters in the same order")
+        self.groups = list(groups)
+        for buffers in self.buffers:
+            for buffer in buffers:
+                buffer.zero_()
+        self.set_step(0)
+        self.zero_grad()
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the update writes besides the parameters (marked static for CUDA graphs)."""
+        return [b for buffers in self.buffers for b in buffers] + self.lrs
+
+    def set_step(self, step: int):
+        """Every group's learning rate at optimizer step `step` (0-based), written in place."""
+        for group, lr in zip(self.groups, self.lrs):
+            lr.fill_(group.lr_at(step))
+
+    def lrs_at(self, step: int) -> dict:
+        """{group name: learning rate} at `step`, computed on the host (no sync)."""
+        return {group.name: group.lr_at(step) for group in self.groups}
+
+    def arguments(self) -> tuple[list, list]:
+        """What update_groups_ takes: the SGD groups' and the Muon groups' tuples."""
+        sgd, muon = [], []
+        for group, buffers, lr in zip(self.groups, self.buffers, self.lrs):
+            grads = [p.grad for p in group.params]
+            if group.rule == "sgd":
+                sgd.append((group.params, grads, buffers, lr, group.weight_decay, group.momentum))
+            else:
+                muon.append((group.params, grads, buffers, lr, group.momentum, group.newton_schulz_steps))
+        return sgd, muon
+
+    def step(self, update: Callable = update_groups_):
+        """Apply `update` (update_groups_ or its compiled version), then drop the gradients."""
+        with torch.no_grad():
+            update(*self.arguments())
+        self.zero_grad()
+
+    def zero_grad(self):
+        for group in self.groups:
+            for p in group.params:
+                p.grad = None
