@@ -11,7 +11,7 @@ import torch
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import Config
-from engine.data import CifarLoader, DataError, load_cifar10
+from engine.data import CifarLoader, DataError, convert, load_cifar10
 from engine.distributed import World, barrier, finish, gather, start, world_from_env
 from engine.errors import check_kernels, explain
 from engine.ops import KERNEL_CHOICES, make_ops
@@ -42,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run.py", description="Train the hlb-CIFAR10 speed-run recipe.",
         epilog="`python run.py evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
-               "--save. `torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes.")
+               "--save. `python run.py convert SRC OUT.npz` writes any data source as one .npz. "
+               "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
+               "The recipe, number by number: docs/recipe.md.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data",
                    help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
-                        "test_images, test_labels) or 'synthetic' (default: data)")
+                        "test_images, test_labels), an image folder (ROOT/train/<class>/*.png|jpg, "
+                        "ROOT/test/<class>/*) or 'synthetic' (default: data)")
     g.add_argument("--data-label", metavar="TEXT",
                    help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)' (default: from --data)")
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
-    g = p.add_argument_group("recipe overrides (defaults: SPEC.md)")
+    g = p.add_argument_group("recipe overrides (defaults: docs/recipe.md)")
     g.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
     g.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     g.add_argument("--base-width", type=positive_int, default=DEFAULTS.base_width,
@@ -132,6 +135,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:
         return evaluate_main(argv[1:])
+    if argv[:1] == ["convert"]:
+        return convert_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.plot:
@@ -347,4 +352,27 @@ def evaluate_main(argv) -> int:
         line += (f"; recorded {100 * saved['accuracy']:.2f}% "
                  f"(difference {100 * (accuracy - saved['accuracy']):+.2f} points)")
     print(line)
+    return 0
+
+
+def build_convert_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py convert",
+                                description="Write a CIFAR-10 source as one .npz file (train_images, train_labels, "
+                                            "test_images, test_labels, classes): the quickest to load and to copy.")
+    p.add_argument("source", metavar="SRC", help="a torchvision CIFAR-10 root, an image folder "
+                                                 "(ROOT/train/<class>/*, ROOT/test/<class>/*) or an .npz file")
+    p.add_argument("out", metavar="OUT.npz", help="the file to write (atomically: replaced only when complete)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into SRC first")
+    return p
+
+
+def convert_main(argv) -> int:
+    args = build_convert_parser().parse_args(argv)
+    try:
+        data = convert(args.source, args.out, args.download)
+    except DataError as error:
+        print(f"run.py convert: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(data.train_labels)} train and {len(data.test_labels)} test images "
+          f"from {data.source}")
     return 0
