@@ -5,9 +5,9 @@ Layout (that of the popular image-file copies of CIFAR-10):
     ROOT/train/<class>/<image>      ROOT/test/<class>/<image>
 
 Images are 32x32 RGB PNG or JPEG files (.png, .jpg, .jpeg, any case); names
-starting with a dot are ignored. Labels follow torchvision's CIFAR-10 order
+starting with a dot are ignored. Labels follow torchvision's CIFAR-10 classes
 (airplane 0, automobile 1, ..., truck 9) when every class folder is named after
-a CIFAR-10 class, else the sorted folder names (0, 1, ...); images are read in
+one of them, else the sorted folder names get 0, 1, ...; images are read in
 sorted file-name order.
 
 Decoding 60,000 files takes seconds, so the arrays are cached as an .npz: inside
@@ -21,7 +21,6 @@ import hashlib
 import os
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,13 +44,13 @@ def load_image_folder(root: str) -> dict:
     """The four arrays (and `classes`) of the image folder `root`, from the cache when it
     matches the folder's files, else decoded and cached. DataError names what is wrong."""
     listing = list_images(root)
-    classes = class_order([name for name, _ in listing["train"]])
-    unknown = sorted({name for name, _ in listing["test"]} - set(classes))
+    classes, labels = class_labels([name for name, _ in listing["train"]])
+    unknown = sorted({name for name, _ in listing["test"]} - set(labels))
     if unknown:
         raise DataError(f"{os.path.join(root, 'test')} has class folder(s) {', '.join(unknown)} that "
                         f"{os.path.join(root, 'train')} lacks; the network learns only the training "
                         f"classes. Rename or remove them.")
-    fingerprint = folder_fingerprint(root, listing)
+    fingerprint = folder_fingerprint(listing)
     places = cache_places(root)
     for place in places:
         cached = read_cache(place, fingerprint)
@@ -62,16 +61,15 @@ def load_image_folder(root: str) -> dict:
           file=sys.stderr, flush=True)
     arrays = {"classes": np.array(classes), "fingerprint": np.array(fingerprint)}
     for split in SPLITS:
-        paths = [path for _, files in listing[split] for path in files]
-        arrays[f"{split}_images"] = decode_images(paths)
-        arrays[f"{split}_labels"] = np.array([classes.index(name) for name, files in listing[split]
+        arrays[f"{split}_images"] = decode_images([entry.path for _, files in listing[split] for entry in files])
+        arrays[f"{split}_labels"] = np.array([labels[name] for name, files in listing[split]
                                               for _ in files], dtype=np.int64)
     write_cache(places, arrays)
     return {name: arrays[name] for name in (*ARRAYS, "classes")}
 
 
 def list_images(root: str) -> dict:
-    """{split: [(class name, [image paths, sorted]), ...]} with the classes sorted by name."""
+    """{split: [(class name, [its image files as os.DirEntry, by name]), ...]}, classes by name."""
     listing = {}
     for split in SPLITS:
         folder = os.path.join(root, split)
@@ -99,29 +97,31 @@ def _class_images(folder: str) -> list:
         if not entry.name.lower().endswith(IMAGE_EXTENSIONS) or not entry.is_file():
             raise DataError(f"{entry.path} is not an image file; class folders may hold only "
                             f"{', '.join(IMAGE_EXTENSIONS)} files. Move it out.")
-        images.append(entry.path)
+        images.append(entry)
     if not images:
         raise DataError(f"the class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
                         f"add its images or remove the folder.")
     return images
 
 
-def class_order(names: list) -> list:
-    """Class names by label: torchvision's CIFAR-10 order when every name is a CIFAR-10
-    class (any case), else sorted."""
+def class_labels(names: list) -> tuple:
+    """(class names by label, {folder name: label}). When every folder is named after a
+    CIFAR-10 class (any case), torchvision's labels and names, so that a subset of the
+    classes keeps CIFAR-10's labels; else the sorted folder names, labelled 0, 1, ..."""
     if all(name.lower() in CIFAR10_CLASSES for name in names):
-        return sorted(names, key=lambda name: CIFAR10_CLASSES.index(name.lower()))
-    return sorted(names)
+        return CIFAR10_CLASSES, {name: CIFAR10_CLASSES.index(name.lower()) for name in names}
+    ordered = sorted(names)
+    return tuple(ordered), {name: label for label, name in enumerate(ordered)}
 
 
-def folder_fingerprint(root: str, listing: dict) -> str:
-    """A digest of every image's path relative to `root`, size and modification time."""
+def folder_fingerprint(listing: dict) -> str:
+    """A digest of every image's split, class, name, size and modification time."""
     digest = hashlib.sha256(CACHE_FORMAT.encode())
     for split in SPLITS:
-        for _, files in listing[split]:
-            for path in files:
-                status = os.stat(path)
-                digest.update(f"{os.path.relpath(path, root)}\t{status.st_size}\t{status.st_mtime_ns}\n"
+        for name, files in listing[split]:
+            for entry in files:
+                status = entry.stat()
+                digest.update(f"{split}/{name}/{entry.name}\t{status.st_size}\t{status.st_mtime_ns}\n"
                               .encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
@@ -162,16 +162,11 @@ def write_cache(places: list, arrays: dict):
 
 
 def decode_images(paths: list) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 from the image files, decoded on a few threads (Pillow
-    releases the GIL while decoding)."""
+    """(N, 32, 32, 3) uint8 from the image files, one after another (for 32x32 images
+    the per-file Python work dominates: threads did not help)."""
     images = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
-
-    def decode(index: int):
-        images[index] = read_image(paths[index])
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for _ in pool.map(decode, range(len(paths))):
-            pass                           # re-raises the first error
+    for index, path in enumerate(paths):
+        images[index] = read_image(path)
     return images
 
 
