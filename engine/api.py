@@ -51,7 +51,7 @@ def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed
         compile: bool = False, synthetic_size: int = 50_000, progress: bool = False) -> RunResult:
     """Train one run of the recipe and return its `RunResult`.
 
-    config: the recipe (default `Config()`, SPEC's numbers); its train_images is set to the
+    config: the recipe (default `Config()`, the numbers of docs/recipe.md); its train_images is set to the
       data's size. data: "synthetic", an .npz file, a torchvision CIFAR-10 root, or a
       `Cifar10` from `load_cifar10`. seed: the run's seed (and the synthetic data's, as in
       run.py). device/dtype/kernels: default CUDA + float16 + triton when present, else

@@ -1,6 +1,6 @@
 """The recipe's hyperparameters: the one place they are written down.
 
-Defaults are the numbers of ../shared/SPEC.md (hlb-CIFAR10, "under 10 seconds"
+Defaults are the numbers of docs/recipe.md (hlb-CIFAR10, "under 10 seconds"
 release). Code receives a `Config` explicitly; everything derived from it
 (steps per epoch, schedule lengths, EMA start, per-group learning rates) is a
 property computed here, never typed in a second time.
@@ -22,7 +22,7 @@ class Config:
     batch_size: int = 512
     test_batch_size: int = 1000
     pad: int = 3                      # reflect padding each side; crops draw offsets 0..2*pad
-    cutout: int = 0                   # cutout square size; 0 disables it (SPEC)
+    cutout: int = 0                   # cutout square size; 0 disables it (the recipe)
     flip: bool = True
 
     # Network.

@@ -1,4 +1,4 @@
-"""Whitening initialisation of the first convolution (SPEC "Whitening initialisation").
+"""Whitening initialisation of the first convolution (docs/recipe.md, "Whitening initialisation").
 
 One covariance over all k x k patches of the unpadded training images,
 accumulated chunk by chunk (memory bounded whatever N is) and merged exactly

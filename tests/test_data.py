@@ -1,4 +1,4 @@
-"""Data loading errors, the synthetic set and the batched augmentation (SPEC "Data")."""
+"""Data loading errors, the synthetic set and the batched augmentation (docs/recipe.md, "Data")."""
 import numpy as np
 import pytest
 import torch

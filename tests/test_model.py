@@ -1,4 +1,4 @@
-"""The network (SPEC "Network"), its optimizer groups, the loss and the EMA."""
+"""The network (docs/recipe.md, "Network"), its optimizer groups, the loss and the EMA."""
 import copy
 
 import pytest
