@@ -53,10 +53,10 @@ def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed
 
     config: the recipe (default `Config()`, the numbers of docs/recipe.md); its train_images
       is set to the data's size. data: "synthetic", an .npz file, an image folder, a
-      torchvision CIFAR-10 root, or a `Cifar10` from `load_cifar10`. seed: the run's seed (and the synthetic data's, as in
-      run.py). device/dtype/kernels: default CUDA + float16 + triton when present, else
-      CPU + float32 + eager. compile: torch.compile (warm-up included). progress: print the
-      per-epoch table (a bar in a terminal).
+      torchvision CIFAR-10 root, or a `Cifar10` from `load_cifar10`. seed: the run's seed
+      (and the synthetic data's, as in run.py). device/dtype/kernels: default CUDA +
+      float16 + triton when present, else CPU + float32 + eager. compile: torch.compile
+      (warm-up included). progress: print the per-epoch table (a bar in a terminal).
     The result holds `ema_model` (the reported network), `model`, `ema_accuracy`,
     `accuracy`, `epochs` (per-epoch rows) and the seconds; `to_dict()` gives the figures.
     Raises TrainingDiverged if the loss turns NaN or infinite.
