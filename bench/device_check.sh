@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -z "$data" ] || [ ! -f "$data" ]; then
-  echo "device_check.sh: give an existing DATA.npz (e.g. python3 ../shared/cifar10-jpeg/unpack.py /tmp/cifar10.npz)" >&2
+  echo "device_check.sh: give an existing DATA.npz (python run.py convert SRC DATA.npz writes one from a torchvision CIFAR-10 root or an image folder)" >&2
   exit 2
 fi
 outdir="${outdir:-${OUT:-out/device_check}}"

@@ -54,12 +54,13 @@ def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed
         compile: bool = False, synthetic_size: int = 50_000, progress: bool = False) -> RunResult:
     """Train one run of the recipe and return its `RunResult`.
 
-    config: the recipe's Config (default: the seed recipe's `Config()`; another recipe's from
-      `make_config(name, ...)`); its train_images is set to the data's size. data: "synthetic", an .npz file, a torchvision CIFAR-10 root, or a
-      `Cifar10` from `load_cifar10`. seed: the run's seed (and the synthetic data's, as in
-      run.py). device/dtype/kernels: default CUDA + float16 + triton when present, else
-      CPU + float32 + eager. compile: torch.compile (warm-up included). progress: print the
-      per-epoch table (a bar in a terminal).
+    config: the recipe's Config (default: the seed recipe's `Config()`, the numbers of
+      docs/recipe.md; another recipe's from `make_config(name, ...)`); its train_images is set
+      to the data's size. data: "synthetic", an .npz file, an image folder, a torchvision
+      CIFAR-10 root, or a `Cifar10` from `load_cifar10`. seed: the run's seed (and the
+      synthetic data's, as in run.py). device/dtype/kernels: default CUDA + float16 + triton
+      when present, else CPU + float32 + eager. compile: torch.compile (warm-up included).
+      progress: print the per-epoch table (a bar in a terminal).
     The result holds `ema_model` (the reported network), `model`, `ema_accuracy`,
     `accuracy`, `epochs` (per-epoch rows) and the seconds; `to_dict()` gives the figures.
     Raises TrainingDiverged if the loss turns NaN or infinite.

@@ -10,7 +10,7 @@ import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.data import CifarLoader, DataError, load_cifar10
+from engine.data import CifarLoader, DataError, convert, load_cifar10
 from engine.distributed import World, barrier, finish, gather, start, world_from_env
 from engine.errors import check_kernels, explain
 from engine.ops import KERNEL_CHOICES, make_ops
@@ -57,13 +57,16 @@ def non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run.py", description="Train the hlb-CIFAR10 speed-run recipe.",
+        prog="run.py", description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10 by default, or airbench94 with Muon.",
         epilog="`python run.py evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
-               "--save. `torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes.")
+               "--save. `python run.py convert SRC OUT.npz` writes any data source as one .npz. "
+               "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
+               "The recipe, number by number: docs/recipe.md.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data",
                    help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
-                        "test_images, test_labels) or 'synthetic' (default: data)")
+                        "test_images, test_labels), an image folder (ROOT/train/<class>/*.png|jpg, "
+                        "ROOT/test/<class>/*) or 'synthetic' (default: data)")
     g.add_argument("--data-label", metavar="TEXT",
                    help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)' (default: from --data)")
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
@@ -154,6 +157,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:
         return evaluate_main(argv[1:])
+    if argv[:1] == ["convert"]:
+        return convert_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.plot:
@@ -374,4 +379,27 @@ def evaluate_main(argv) -> int:
         line += (f"; recorded {100 * saved['accuracy']:.2f}% "
                  f"(difference {100 * (accuracy - saved['accuracy']):+.2f} points)")
     print(line)
+    return 0
+
+
+def build_convert_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py convert",
+                                description="Write a CIFAR-10 source as one .npz file (train_images, train_labels, "
+                                            "test_images, test_labels, classes): the quickest to load and to copy.")
+    p.add_argument("source", metavar="SRC", help="a torchvision CIFAR-10 root, an image folder "
+                                                 "(ROOT/train/<class>/*, ROOT/test/<class>/*) or an .npz file")
+    p.add_argument("out", metavar="OUT.npz", help="the file to write (atomically: replaced only when complete)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into SRC first")
+    return p
+
+
+def convert_main(argv) -> int:
+    args = build_convert_parser().parse_args(argv)
+    try:
+        data = convert(args.source, args.out, args.download)
+    except DataError as error:
+        print(f"run.py convert: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(data.train_labels)} train and {len(data.test_labels)} test images "
+          f"from {data.source}")
     return 0

@@ -1,10 +1,12 @@
 """CIFAR-10 on the device: loading, checking, and the batched augmentation loader.
 
-Sources (`load_cifar10`):
+Sources (`load_cifar10`; any str or os.PathLike path):
   * a torchvision root directory holding `cifar-10-batches-py` (`download=True`
     lets torchvision fetch it there);
   * an `.npz` file with `train_images` (N, 32, 32, 3) uint8, `train_labels`,
-    `test_images`, `test_labels` (what ../shared/cifar10-jpeg/unpack.py writes);
+    `test_images`, `test_labels` (what `convert` writes);
+  * an image folder, ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*
+    (engine/image_folder.py: decoded once, then cached as an .npz);
   * "synthetic": generated images whose labels a small network can learn.
 
 The loader keeps the whole set on the device, normalised and reflect-padded
@@ -14,6 +16,9 @@ batched tensor operations, then yields a fresh permutation in batches.
 from __future__ import annotations
 
 import os
+import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import IMAGE_SIZE, NUM_CLASSES
+
+ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+CONVERT_HINT = ("`python run.py convert SRC OUT.npz` writes one from a torchvision CIFAR-10 root "
+                "or an image folder")
+SOURCES = ("a torchvision CIFAR-10 root (with --download to fetch it), an .npz file, an image folder "
+           "(ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*) or 'synthetic'")
 
 
 class DataError(ValueError):
@@ -36,45 +47,168 @@ class Cifar10:
     test_labels: np.ndarray
     source: str           # human-readable: where it came from, for every report
     synthetic: bool = False
+    classes: tuple | None = None   # class names by label, when the source names them
 
 
-def load_cifar10(data: str, download: bool = False, synthetic_size: int = 50_000,
+def as_path(value, name: str) -> str:
+    """A str or os.PathLike path as str; TypeError naming the argument otherwise."""
+    try:
+        return os.fsdecode(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}") from None
+
+
+def load_cifar10(data, download: bool = False, synthetic_size: int = 50_000,
                  seed: int = 0) -> Cifar10:
-    """Load CIFAR-10 from `data` ("synthetic", an .npz file or a torchvision root)."""
+    """Load CIFAR-10 from `data`: "synthetic", an .npz file, an image folder or a torchvision root."""
+    data = as_path(data, "data")
     if data == "synthetic":
         return make_synthetic(synthetic_size, seed=seed)
-    if data.endswith(".npz"):
+    if os.path.isdir(data):
+        from engine.image_folder import is_image_folder, load_image_folder
+
+        if is_image_folder(data):
+            return _check(load_image_folder(data), f"image folder {data}")
+        return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
+    if data.lower().endswith(".npz"):
         if not os.path.isfile(data):
-            raise DataError(f"no such file: {data}. Pass an existing .npz (for the JPEG copy, run "
-                            f"`python3 ../shared/cifar10-jpeg/unpack.py {data}` first), a torchvision "
-                            f"root directory, or 'synthetic'.")
-        return _check(_load_npz(data), f"npz file {data}")
-    if not os.path.exists(data):
-        if download:
-            os.makedirs(data, exist_ok=True)
-        else:
-            raise DataError(f"no such directory: {data}. Pass --download to fetch CIFAR-10 there "
-                            f"with torchvision, an .npz file, or 'synthetic'.")
-    if not os.path.isdir(data):
-        raise DataError(f"{data} is neither a directory nor an .npz file. Pass a torchvision root "
-                        f"directory (with --download to fetch CIFAR-10), an .npz file, or 'synthetic'.")
+            raise DataError(f"no such file: {data}. Pass an existing .npz ({CONVERT_HINT}), or "
+                            f"another source: {SOURCES}.")
+        return _check(read_npz(data), f"npz file {data}")
+    if os.path.exists(data):
+        raise DataError(f"{data} is neither a directory nor an .npz file. Pass {SOURCES}.")
+    if not download:
+        raise DataError(f"no such directory: {data}. Pass --download to fetch CIFAR-10 there with "
+                        f"torchvision, or another source: {SOURCES}.")
+    os.makedirs(data, exist_ok=True)
     return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
 
 
-def _load_npz(path: str) -> dict:
+FILE_SIGNATURES = (            # how a file that is not a zip archive begins, and what it then is
+    (b"\x93NUMPY", "is a single .npy array (np.save); an .npz holds several (np.savez)"),
+    (b"\x89PNG", "is a PNG image"),
+    (b"\xff\xd8\xff", "is a JPEG image"),
+    (b"\x1f\x8b", "is gzip-compressed (the official cifar-10-python.tar.gz? unpack it and pass the "
+                  "folder holding cifar-10-batches-py)"),
+    (b"\x80", "is a Python pickle, which is never loaded here"),
+)
+
+
+def describe_content(head: bytes) -> str:
+    """What a file beginning with `head` is, in words ("is a PNG image", "holds text", ...)."""
+    if not head:
+        return "is empty"
+    for signature, description in FILE_SIGNATURES:
+        if head.startswith(signature):
+            return description
+    try:
+        head.decode("utf-8").encode("ascii")
+        return "holds text"
+    except UnicodeError:
+        return "holds binary data of an unknown kind"
+
+
+def read_npz(path: str, names=ARRAYS) -> dict:
+    """The arrays `names` of the .npz at `path` (and its `classes` when readable). Never
+    unpickles; DataError says what is wrong with a file that is not a sound .npz of arrays."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except OSError as error:
+        raise DataError(f"cannot open {path}: {error.strerror or error}. Check the path and its "
+                        f"permissions.") from None
+    if not head.startswith(b"PK"):         # every zip archive, hence every .npz, starts so
+        raise DataError(f"{path} is not an .npz archive: it {describe_content(head)}. Pass an .npz "
+                        f"of uint8 images and integer labels ({CONVERT_HINT}).")
     try:
         archive = np.load(path, allow_pickle=False)
-    except Exception as error:  # a truncated or non-zip file
-        raise DataError(f"cannot read {path} as an .npz archive ({error}). Re-create it, e.g. with "
-                        f"../shared/cifar10-jpeg/unpack.py.") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:   # e.g. cut short
+        raise DataError(f"cannot read {path} as an .npz archive ({type(error).__name__}: {error}); it "
+                        f"is damaged or incomplete. Copy it again or re-create it ({CONVERT_HINT}).") from None
     with archive:
-        needed = ("train_images", "train_labels", "test_images", "test_labels")
-        missing = [name for name in needed if name not in archive.files]
+        missing = [name for name in names if name not in archive.files]
         if missing:
             raise DataError(f"{path} lacks the array(s) {', '.join(missing)}; it holds "
-                            f"{', '.join(archive.files) or 'nothing'}. Expected {', '.join(needed)} "
-                            f"(the layout ../shared/cifar10-jpeg/unpack.py writes).")
-        return {name: archive[name] for name in needed}
+                            f"{', '.join(archive.files) or 'nothing'}. Expected {', '.join(names)} "
+                            f"({CONVERT_HINT}).")
+        arrays = {name: _read_member(archive, path, name) for name in names}
+        if "classes" in archive.files:
+            try:
+                arrays["classes"] = _read_member(archive, path, "classes")
+            except DataError:
+                pass                           # names are a courtesy; the arrays are what counts
+    return arrays
+
+
+def _read_member(archive, path: str, name: str) -> np.ndarray:
+    try:
+        value = archive[name]
+    except ValueError as error:
+        if "allow_pickle" in str(error):       # numpy's refusal of an object array
+            raise DataError(f"{path}: {name} holds Python objects, which are never loaded here (they "
+                            f"could run code). Save plain numeric arrays: uint8 images and integer "
+                            f"labels ({CONVERT_HINT}).") from None
+        raise _damaged(path, name, error) from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise _damaged(path, name, error) from None
+    if not isinstance(value, np.ndarray):      # a zip member that is not an .npy
+        raise DataError(f"{path}: {name} is not a numpy array. Save the arrays with np.savez "
+                        f"({CONVERT_HINT}).")
+    return value
+
+
+def _damaged(path: str, name: str, error: Exception) -> DataError:
+    return DataError(f"{path}: the array {name} is damaged ({type(error).__name__}: {error}). Copy the "
+                     f"file again or re-create it ({CONVERT_HINT}).")
+
+
+def save_npz(path: str, arrays: dict):
+    """Write `arrays` as an uncompressed .npz atomically (a temporary file in the same
+    folder, then a rename), with the permissions the user's umask gives new files."""
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz",
+                                         dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def convert(source, out, download: bool = False) -> Cifar10:
+    """Load any supported source (see `load_cifar10`) and write it to `out` as an .npz of
+    train_images, train_labels, test_images, test_labels (and classes when known).
+    Atomic: a failure leaves `out` as it was. Returns the data written."""
+    source, out = as_path(source, "source"), as_path(out, "out")
+    if not out.lower().endswith(".npz"):
+        raise DataError(f"{out}: the output must end in .npz (the extension --data recognises).")
+    if os.path.isdir(out):
+        raise DataError(f"{out} is a directory; give a file name ending in .npz.")
+    if source == "synthetic":
+        raise DataError("'synthetic' is generated on every run from --synthetic-size and --seed; "
+                        "there is nothing to convert. Pass a torchvision root, an image folder or an .npz.")
+    folder = os.path.dirname(os.path.abspath(out))
+    try:                                       # before the (possibly long) loading
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the folder of {out}: {error.strerror or error}.") from None
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"cannot write in {folder}; choose another place for {out}.")
+    data = load_cifar10(source, download)
+    arrays = {"train_images": data.train_images, "train_labels": data.train_labels,
+              "test_images": data.test_images, "test_labels": data.test_labels}
+    if data.classes:
+        arrays["classes"] = np.array(data.classes)
+    try:
+        save_npz(out, arrays)
+    except OSError as error:
+        raise DataError(f"cannot write {out}: {error.strerror or error}. Free some space or choose "
+                        f"another place.") from None
+    return data
 
 
 def _load_torchvision(root: str, download: bool) -> dict:
@@ -87,12 +221,13 @@ def _load_torchvision(root: str, download: bool) -> dict:
         except RuntimeError as error:
             raise DataError(f"{root} does not hold CIFAR-10 ({error.args[0] if error.args else error}). "
                             f"Add --download to fetch it into {root} with torchvision, or pass an "
-                            f".npz file or 'synthetic'.") from None
+                            f".npz file, an image folder with train/ and test/, or 'synthetic'.") from None
         except OSError as error:
             raise DataError(f"could not read or download CIFAR-10 in {root}: {error}. Check the "
                             f"network and the directory, or pass an .npz file or 'synthetic'.") from None
         arrays[f"{split}_images"] = np.asarray(dataset.data)
         arrays[f"{split}_labels"] = np.asarray(dataset.targets)
+    arrays["classes"] = np.array(dataset.classes)
     return arrays
 
 
@@ -116,8 +251,11 @@ def _check(arrays: dict, source: str) -> Cifar10:
         if labels.min() < 0 or labels.max() >= NUM_CLASSES:
             raise DataError(f"{source}: {split}_labels range over {labels.min()}..{labels.max()}; "
                             f"expected class indices 0..{NUM_CLASSES - 1}.")
+    classes = arrays.get("classes")
+    classes = tuple(str(name) for name in classes) if classes is not None and classes.ndim == 1 else None
     return Cifar10(arrays["train_images"], arrays["train_labels"].astype(np.int64),
-                   arrays["test_images"], arrays["test_labels"].astype(np.int64), source)
+                   arrays["test_images"], arrays["test_labels"].astype(np.int64), source,
+                   classes=classes)
 
 
 def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | None = None) -> Cifar10:

@@ -2,8 +2,8 @@
 
 Modes:
   * "bar":   a live tqdm bar over the run's steps (run, epoch, step, steps/s), the
-             per-epoch table printed above it; chosen by "auto" when tqdm is installed
-             and the output is a terminal;
+             per-epoch table printed above it; what "auto" chooses in a terminal
+             (tqdm is a dependency; should it be missing, the table instead);
   * "table": the per-epoch table (logs, pipes, no tqdm);
   * "runs":  one line per finished run (the other processes under torchrun);
   * "quiet": nothing per run (`--quiet`); the summary is still printed by the caller.

@@ -10,6 +10,8 @@ import tempfile
 
 import torch
 
+from engine.student_t import t_cdf, t_quantile
+
 TARGET_ACCURACY = 0.94
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "ema_val_accuracy", "seconds")
 EPOCH_HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val acc':>8} {'ema val acc':>11} {'seconds':>8}"
@@ -29,18 +31,37 @@ def _stats(values: list) -> dict:
             "min": min(values), "max": max(values)}
 
 
+def mean_above_target(values: list, target: float = TARGET_ACCURACY) -> tuple:
+    """(95% confidence interval of the mean [low, high], one-sided t-test p-value for
+    "the mean is above `target`"), the way 94% claims are stated; (None, None) below two
+    values, which have no spread to estimate. With zero spread the interval is the mean
+    itself and p is 0 (mean above target) or 1."""
+    if len(values) < 2:
+        return None, None
+    mean, error = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+    half_width = t_quantile(0.975, len(values) - 1) * error
+    if error == 0:
+        p_value = 0.0 if mean > target else 1.0
+    else:
+        p_value = t_cdf(-(mean - target) / error, len(values) - 1)    # P(T >= t)
+    return [mean - half_width, mean + half_width], p_value
+
+
 def summarize(runs: list[dict]) -> dict:
-    """Mean, std, min and max of the final EMA accuracy over the finished runs, the share
-    at or above 94%, and seconds per run under both timing conventions."""
+    """Mean, std, min and max of the final EMA accuracy over the finished runs, the mean's
+    95% confidence interval and the p-value of "mean > 94%", the share at or above 94%,
+    and seconds per run under both timing conventions."""
     finished = [run for run in runs if run.get("status", "ok") == "ok"]
     accuracies = [run["ema_accuracy"] for run in finished]
     ema, train, total = (_stats(accuracies), _stats([r["train_seconds"] for r in finished]),
                          _stats([r["total_seconds"] for r in finished]))
+    interval, p_value = mean_above_target(accuracies)
     return {
         "runs": len(finished),
         "failed_runs": len(runs) - len(finished),
         "mean_ema_accuracy": ema["mean"], "std_ema_accuracy": ema["std"],
         "min_ema_accuracy": ema["min"], "max_ema_accuracy": ema["max"],
+        "ema_accuracy_ci95": interval, "p_value_mean_above_94": p_value,
         "share_at_or_above_94": (sum(a >= TARGET_ACCURACY for a in accuracies) / len(accuracies)
                                  if accuracies else None),
         "mean_train_seconds": train["mean"], "std_train_seconds": train["std"],
@@ -57,11 +78,21 @@ def format_summary(summary: dict, data_source: str, device_name: str) -> str:
         + (f" ({summary['failed_runs']} failed)" if summary["failed_runs"] else ""),
         f"  EMA accuracy   mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
         f"  min {pct(summary['min_ema_accuracy'])}  max {pct(summary['max_ema_accuracy'])}",
+        _interval_line(summary),
         f"  runs >= 94%    {pct(summary['share_at_or_above_94'])}",
         f"  seconds/run    {summary['mean_train_seconds']:.3f} (training loops only, hlb convention)"
         f"  {summary['mean_total_seconds']:.3f} (whitening + training + final TTA eval, airbench convention)",
     ]
     return "\n".join(lines)
+
+
+def _interval_line(summary: dict) -> str:
+    if summary["ema_accuracy_ci95"] is None:
+        return ("  mean's 95% CI  and p(mean > 94%): none, they need 2 or more finished runs "
+                "(one run has no spread)")
+    low, high = summary["ema_accuracy_ci95"]
+    return (f"  mean's 95% CI  {100 * low:.2f}% .. {100 * high:.2f}% (t, {summary['runs'] - 1} df)"
+            f"  p(mean > 94%) {summary['p_value_mean_above_94']:.3g} (one-sided t-test)")
 
 
 def git_commit(directory: str | None = None) -> str | None:

@@ -1,4 +1,4 @@
-"""The recipe's numbers and everything derived from them (SPEC "Training")."""
+"""The recipe's numbers and everything derived from them (docs/recipe.md, "Training")."""
 import pytest
 
 from engine.recipes.seed import Config, lr_factor

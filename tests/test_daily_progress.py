@@ -40,6 +40,15 @@ def test_auto_is_the_table_outside_a_terminal():
     assert Progress("auto", file=io.StringIO()).mode == "table"
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_auto_is_the_bar_in_a_terminal():
+    assert Progress("auto", file=Terminal()).mode == "bar"      # tqdm is a dependency
+
+
 def test_bar_mode_shows_run_epoch_and_steps():
     pytest.importorskip("tqdm")
     out = io.StringIO()

@@ -1,4 +1,4 @@
-"""Data loading errors, the synthetic set and the batched augmentation (SPEC "Data")."""
+"""Data loading errors, the synthetic set and the batched augmentation (docs/recipe.md, "Data")."""
 import numpy as np
 import pytest
 import torch
@@ -42,13 +42,13 @@ def test_npz_errors_say_what_is_wrong(tmp_path, changes, message):
 
 
 def test_missing_paths_and_broken_files(tmp_path):
-    with pytest.raises(DataError, match="no such file.*unpack.py"):
+    with pytest.raises(DataError, match="no such file.*run.py convert"):
         load_cifar10(str(tmp_path / "absent.npz"))
     with pytest.raises(DataError, match="no such directory.*--download"):
         load_cifar10(str(tmp_path / "absent"))
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not a zip archive")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="not an .npz archive: it holds text"):
         load_cifar10(str(broken))
     plain = tmp_path / "file.txt"
     plain.write_text("x")

@@ -1,4 +1,4 @@
-"""Whitening: the streamed covariance and the filters (SPEC "Whitening initialisation")."""
+"""Whitening: the streamed covariance and the filters (docs/recipe.md, "Whitening initialisation")."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,25 @@
+"""`pip install .` gives `cifar-speedrun`, the same program as `python run.py`."""
+import importlib
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_console_script_runs_what_run_py_runs():
+    tomllib = pytest.importorskip("tomllib")              # Python 3.11+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert list(scripts) == ["cifar-speedrun"]
+    module, function = scripts["cifar-speedrun"].split(":")
+    entry_point = getattr(importlib.import_module(module), function)
+    run_py = runpy.run_path(str(ROOT / "run.py"), run_name="run_py_as_a_module")
+    assert run_py["main"] is entry_point                   # subcommands included: main dispatches them
+
+
+def test_main_returns_the_exit_status_for_the_subcommands(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["convert", str(tmp_path / "missing.npz"), str(tmp_path / "out.npz")]) == 2
+    assert "run.py convert: error: no such file" in capsys.readouterr().err
