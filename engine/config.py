@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from engine.checks import require_field_types, require_finite_non_negative, require_finite_positive
+
 CIFAR10_MEAN = (0.4913997551666284, 0.48215855929893703, 0.4465309133731618)
 CIFAR10_STD = (0.24703225141799082, 0.24348516474564, 0.26158783926049628)
 NUM_CLASSES = 10
+IMAGE_SIZE = 32                       # CIFAR-10 images are 32 x 32 pixels
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Config:
     tta_flip: bool = True
 
     def __post_init__(self):
+        require_field_types(self)
         positive = ("train_images", "batch_size", "test_batch_size", "base_width", "epochs",
                     "se_reduction", "whiten_kernel", "whiten_chunk", "ema_every")
         for name in positive:
@@ -76,6 +80,17 @@ class Config:
         for name in ("label_smoothing", "momentum", "ema_decay", "warmup_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "final_lr_ratio", "initial_lr_ratio"):
+            require_finite_non_negative(name, getattr(self, name))
+        for name in ("bn_eps", "logit_scale", "whiten_eps", "loss_scale", "bias_scale"):
+            require_finite_positive(name, getattr(self, name))
+        if not 0.0 <= self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.cutout > IMAGE_SIZE:
+            raise ValueError(f"cutout ({self.cutout}) is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image; "
+                             f"use at most {IMAGE_SIZE} (0 turns it off)")
+        if self.pad >= IMAGE_SIZE:
+            raise ValueError(f"pad ({self.pad}) must be smaller than the image ({IMAGE_SIZE}) for reflect padding")
 
     # ---- derived quantities ----
     @property
