@@ -6,9 +6,10 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 
 import torch
+
+from engine.outputs import atomic_write
 
 TARGET_ACCURACY = 0.94
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "ema_val_accuracy", "seconds")
@@ -39,6 +40,7 @@ def summarize(runs: list[dict]) -> dict:
     return {
         "runs": len(finished),
         "failed_runs": len(runs) - len(finished),
+        "learned_nothing_runs": sum(bool(run.get("learned_nothing")) for run in finished),
         "mean_ema_accuracy": ema["mean"], "std_ema_accuracy": ema["std"],
         "min_ema_accuracy": ema["min"], "max_ema_accuracy": ema["max"],
         "share_at_or_above_94": (sum(a >= TARGET_ACCURACY for a in accuracies) / len(accuracies)
@@ -58,6 +60,9 @@ def format_summary(summary: dict, data_source: str, device_name: str) -> str:
         f"  EMA accuracy   mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
         f"  min {pct(summary['min_ema_accuracy'])}  max {pct(summary['max_ema_accuracy'])}",
         f"  runs >= 94%    {pct(summary['share_at_or_above_94'])}",
+        *([f"  LEARNED NOTHING in {summary['learned_nothing_runs']} run(s): accuracy at chance or loss stuck "
+           f"at its start (\"learned_nothing\" in the JSON); check --lr and the data"]
+          if summary.get("learned_nothing_runs") else []),
         f"  seconds/run    {summary['mean_train_seconds']:.3f} (training loops only, hlb convention)"
         f"  {summary['mean_total_seconds']:.3f} (whitening + training + final TTA eval, airbench convention)",
     ]
@@ -94,16 +99,9 @@ def environment(device: torch.device) -> dict:
             "python": platform.python_version(), "git_commit": git_commit()}
 
 
-def write_json(path: str, payload: dict):
-    """Write atomically: a temporary file in the same directory, then a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file, indent=2, default=str)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+def write_json(path, payload: dict) -> str:
+    """Write atomically (engine.outputs.atomic_write), with the user's usual permissions."""
+    def dump(file):
+        json.dump(payload, file, indent=2, default=str)
+        file.write("\n")
+    return atomic_write(path, dump, binary=False)
