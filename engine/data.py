@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.checks import as_device, as_dtype, require_images, require_labels, require_type
 from engine.config import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES, Config
 
 
@@ -196,6 +197,10 @@ class CifarLoader:
 
     def __init__(self, images_uint8: np.ndarray, labels: np.ndarray, config: Config, train: bool,
                  device, dtype):
+        require_images("images_uint8", images_uint8)
+        require_labels("labels", labels, len(images_uint8))
+        require_type("config", config, Config, "an engine.Config")
+        device, dtype = as_device(device), as_dtype(dtype)
         self.config, self.train = config, train
         self.images = normalize(images_uint8, device, dtype)
         self.labels = torch.from_numpy(labels).to(device)
