@@ -56,15 +56,18 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def check_output_path(option: str, path) -> str:
+def check_output_path(option: str, path, writable_folders: set | None = None) -> str:
     """The absolute path, after checking that a file can be written there; OutputError naming
-    `option` otherwise. Creates nothing but a probe file, removed at once."""
+    `option` otherwise. Creates nothing but a probe file, removed at once (none in a folder
+    already in `writable_folders`, to which a probed folder is added)."""
     path = os.path.abspath(require_path(option, path))
     if os.path.isdir(path):
         raise OutputError(f"{option} {path}: is an existing directory; give a file name")
     folder = _nearest_existing(os.path.dirname(path))
     if not os.path.isdir(folder):
         raise OutputError(f"{option} {path}: {folder} is a file, not a folder; choose another path")
+    if writable_folders is not None and folder in writable_folders:
+        return path
     try:
         handle, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
         os.close(handle)
@@ -72,6 +75,8 @@ def check_output_path(option: str, path) -> str:
     except OSError as error:
         raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or error}); "
                           f"choose a folder you can write to") from None
+    if writable_folders is not None:
+        writable_folders.add(folder)
     return path
 
 
@@ -79,8 +84,9 @@ def check_output_paths(outputs: list[tuple[str, object]], inputs: list[tuple[str
     """Check every (option, path) of `outputs` with check_output_path, and that no two of them,
     nor one of them and an (option, path) of `inputs`, are the same file."""
     seen = {os.path.realpath(os.fspath(path)): option for option, path in inputs}
+    writable_folders = set()
     for option, path in outputs:
-        real = os.path.realpath(check_output_path(option, path))
+        real = os.path.realpath(check_output_path(option, path, writable_folders))
         if real in seen:
             raise OutputError(f"{option} {os.fspath(path)}: the same file as {seen[real]}; give each its own path")
         seen[real] = option

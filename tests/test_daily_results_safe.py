@@ -191,6 +191,19 @@ def test_under_torchrun_each_process_writes_its_own_progress_file(tmp_path, monk
     assert partial["complete"] is False and not (tmp_path / "runs.json").exists()
 
 
+def test_a_process_that_cannot_gather_says_where_its_runs_are(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "run", instant_runs())
+
+    def peer_died(world, item):
+        raise RuntimeError("Connection closed by peer")
+    monkeypatch.setattr(session, "gather", peer_died)
+    out = tmp_path / "runs.json"
+    assert cli.main([*SMALL, "--runs", "2", "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "could not gather the other processes' runs (Connection closed by peer)" in err
+    assert f"finished runs are in {out}" in err and len(json.loads(out.read_text())["runs"]) == 2
+
+
 # ---- signals ----
 
 def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path, monkeypatch, capfd):
@@ -207,7 +220,10 @@ def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path,
     monkeypatch.setattr(session, "write_json", second_ctrl_c)
     out = tmp_path / "runs.json"
     handler_before = signal.getsignal(signal.SIGINT)
-    assert cli.main([*SMALL, "--runs", "3", "--json", str(out)]) == 130
+    try:
+        assert cli.main([*SMALL, "--runs", "3", "--json", str(out)]) == 130
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped the final write")
     report = json.loads(out.read_text())
     assert report["complete"] is True and report["interrupted"] is True
     assert [r["seed"] for r in report["runs"]] == [0]
