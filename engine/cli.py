@@ -147,8 +147,16 @@ def pointless_flags(args) -> list[str]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["evaluate"]:
-        return evaluate_main(argv[1:])
+    try:      # a Session summarises its own interruptions: this one came before any run finished
+        if argv[:1] == ["evaluate"]:
+            return evaluate_main(argv[1:])
+        return train_main(argv)
+    except KeyboardInterrupt:
+        print("\nrun.py: interrupted before any result was ready", file=sys.stderr)
+        return 130
+
+
+def train_main(argv: list) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for problem in pointless_flags(args):

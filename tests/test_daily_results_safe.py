@@ -289,3 +289,14 @@ def test_pathlib_paths_work_for_outputs(tmp_path):
     assert save_checkpoint(tmp_path / "m.pt", network, TINY, accuracy=0.5) == str(tmp_path / "m.pt")
     assert load_checkpoint(tmp_path / "m.pt", "cpu")[1]["accuracy"] == 0.5
     assert atomic_write(tmp_path / "a.txt", lambda f: f.write("x"), binary=False) == str(tmp_path / "a.txt")
+
+
+def test_ctrl_c_before_any_run_is_a_message_not_a_traceback(monkeypatch, capsys):
+    def interrupted_warm_up(self, train, test):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "warm_up", interrupted_warm_up)
+    try:
+        assert cli.main([*SMALL, "--compile"]) == 130
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped as a traceback")
+    assert "interrupted before any result was ready" in capsys.readouterr().err
