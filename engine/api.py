@@ -11,12 +11,15 @@ numbers); `CifarLoader` is the on-device loader on its own; `save_checkpoint` /
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
 
 from torch import nn
 
+from engine.checks import as_device, as_dtype, require_seeds, require_synthetic_fits, require_type
+from engine.config import RecipeConfig
 from engine.data import Cifar10, CifarLoader, load_cifar10
 from engine.evaluation import evaluate as evaluate_loader
 from engine.ops import make_ops
@@ -49,7 +52,7 @@ def make_deterministic():
     torch.backends.cudnn.benchmark = False
 
 
-def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed: int = 0,
+def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synthetic", *, seed: int = 0,
         device=None, dtype: torch.dtype | None = None, kernels: str | None = None,
         compile: bool = False, synthetic_size: int = 50_000, progress: bool = False) -> RunResult:
     """Train one run of the recipe and return its `RunResult`.
@@ -57,20 +60,30 @@ def fit(config: Config | None = None, data: str | Cifar10 = "synthetic", *, seed
     config: the recipe's Config (default: the seed recipe's `Config()`, the numbers of
       docs/recipe.md; another recipe's from `make_config(name, ...)`); its train_images is set
       to the data's size. data: "synthetic", an .npz file, an image folder, a torchvision
-      CIFAR-10 root, or a `Cifar10` from `load_cifar10`. seed: the run's seed (and the
+      CIFAR-10 root (a str or pathlib.Path), or a `Cifar10` from `load_cifar10`. seed: the run's seed (and the
       synthetic data's, as in run.py). device/dtype/kernels: default CUDA + float16 + triton
       when present, else CPU + float32 + eager. compile: torch.compile (warm-up included).
       progress: print the per-epoch table (a bar in a terminal).
     The result holds `ema_model` (the reported network), `model`, `ema_accuracy`,
     `accuracy`, `epochs` (per-epoch rows) and the seconds; `to_dict()` gives the figures.
-    Raises TrainingDiverged if the loss turns NaN or infinite.
+    Raises TrainingDiverged if the loss turns NaN or infinite; TypeError or ValueError,
+    naming the argument, for an argument of the wrong kind.
     """
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    config = Config() if config is None else config
+    require_type("config", config, RecipeConfig, "a recipe's Config (engine.Config, engine.make_config(...))")
+    require_type("data", data, (str, os.PathLike, Cifar10),
+                 "'synthetic', a path (str or pathlib.Path) or an engine.Cifar10 from load_cifar10")
+    require_seeds(seed)
+    device = as_device(device) if device is not None else default_device()
+    dtype = as_dtype(dtype) if dtype is not None else default_dtype(device)
+    ops = make_ops(kernels or default_kernels(device))
     if not isinstance(data, Cifar10):
+        data = os.fspath(data)
+        if data == "synthetic":
+            require_synthetic_fits(synthetic_size, device, name="synthetic_size")
         data = load_cifar10(data, synthetic_size=synthetic_size, seed=seed)
-    config = (config or Config()).replace(train_images=len(data.train_labels))
-    trainer = Trainer(config, make_ops(kernels or default_kernels(device)), device, dtype, compile=compile)
+    config = config.replace(train_images=len(data.train_labels))
+    trainer = Trainer(config, ops, device, dtype, compile=compile)
     train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
     test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
     if compile:
@@ -92,6 +105,14 @@ def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_si
     data: a test `CifarLoader`, or a `Cifar10` whose test split is loaded onto the model's
     device and dtype (normalised as the recipe says; batches of `batch_size`, default the
     recipe's)."""
+    require_type("model", model, torch.nn.Module, "a network, e.g. a RunResult's ema_model")
+    require_type("data", data, (CifarLoader, Cifar10), "a test CifarLoader or an engine.Cifar10")
+    require_type("model.config", getattr(model, "config", None), RecipeConfig,
+                 "the recipe's Config: build the network with a recipe (Config.build_network, fit, load_checkpoint)")
+    if batch_size is not None:
+        require_type("batch_size", batch_size, numbers.Integral, "a positive integer")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     config = model.config
     views = views or config.evaluation_views(final=True)
     if isinstance(data, Cifar10):

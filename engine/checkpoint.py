@@ -10,29 +10,26 @@ Checkpoints written before recipes existed hold the seed recipe.
 """
 from __future__ import annotations
 
+import numbers
 import os
-import tempfile
 
 import torch
 
 from torch import nn
 
+from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path
 from engine.ops import make_ops
+from engine.outputs import atomic_write
 from engine.recipes import config_class
 
 FORMAT = "cifar-speedrun checkpoint 1"
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read; the message says why and what to do."""
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def save_checkpoint(path: str, model: nn.Module, config, *, accuracy: float | None = None,
+def save_checkpoint(path, model: nn.Module, config, *, accuracy: float | None = None,
                     data_source: str | None = None, data: dict | None = None, recipe: str | None = None,
                     **extra) -> str:
     """Write `model` (e.g. a run's `ema_model`) with its config to `path` atomically.
@@ -41,7 +38,8 @@ def save_checkpoint(path: str, model: nn.Module, config, *, accuracy: float | No
     data_source: how reports name the data; data: how to load it again, e.g.
     {"data": "synthetic", "synthetic_size": 50000, "seed": 0}; extra: anything else
     worth keeping (seed, kernels, ...); recipe: the --recipe name (default: the config's recipe).
-    Returns `path`."""
+    `path`: a str or pathlib.Path. Returns it as a str. The file gets the user's usual
+    permissions (0666 less the umask)."""
     parameter = next(model.parameters())
     payload = {
         "format": FORMAT,
@@ -56,21 +54,28 @@ def save_checkpoint(path: str, model: nn.Module, config, *, accuracy: float | No
         "torch": str(torch.__version__),
         **extra,
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
+    return atomic_write(path, lambda file: torch.save(payload, file))
 
 
-def read_checkpoint(path: str) -> dict:
-    """The checkpoint's contents (tensors on the CPU); CheckpointError if unreadable."""
+def _missing_fields(payload: dict) -> list[str]:
+    """The fields load_checkpoint needs that are absent or of the wrong kind."""
+    state = payload.get("state_dict")
+    accuracy = payload.get("accuracy")
+    problems = {
+        "state_dict": not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()),
+        "config": not isinstance(payload.get("config"), dict),
+        "recipe": not isinstance(payload.get("recipe", "seed"), str),   # files from before recipes: seed
+        "dtype": payload.get("dtype") not in DTYPES,
+        "accuracy": accuracy is not None and not isinstance(accuracy, numbers.Real),
+        "data": not isinstance(payload.get("data", {}), dict),
+    }
+    return [name for name, bad in problems.items() if bad]
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint's contents (tensors on the CPU); CheckpointError if unreadable,
+    foreign, or lacking a field that load_checkpoint needs."""
+    path = require_path("path", path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint: {path}. Write one with `python run.py --save {path} ...`.")
     try:
@@ -81,13 +86,21 @@ def read_checkpoint(path: str) -> dict:
                               f"`python run.py --save {path} ...`.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifar-speedrun checkpoint (written by `run.py --save`).")
+    missing = _missing_fields(payload)
+    if missing:
+        raise CheckpointError(f"{path} is marked as a cifar-speedrun checkpoint but its {', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} missing or malformed: it is damaged "
+                              f"or was not written by `run.py --save`. Re-create it with "
+                              f"`python run.py --save {path} ...`.")
     return payload
 
 
-def load_checkpoint(path: str, device=None, dtype: torch.dtype | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild the saved network of its recipe (eager operations, eval mode) on `device`
-    (default: CUDA when present) in `dtype` (default: the saved one). Returns (network,
-    checkpoint dict); the dict's "config" is the recipe's `Config`."""
+def load_checkpoint(path, device=None, dtype: torch.dtype | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the saved network of its recipe (eager operations, eval mode) from `path` (str
+    or pathlib.Path) on `device` (default: CUDA when present) in `dtype` (default: the saved
+    one). Returns (network, checkpoint dict); the dict's "config" is the recipe's `Config`."""
+    device = as_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = as_dtype(dtype) if dtype is not None else None
     payload = read_checkpoint(path)
     try:
         fields = {name: tuple(value) if isinstance(value, list) else value
@@ -95,7 +108,6 @@ def load_checkpoint(path: str, device=None, dtype: torch.dtype | None = None) ->
         config = config_class(payload.get("recipe", "seed"))(**fields)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its config does not fit this version of the engine ({error}).") from None
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or DTYPES[payload["dtype"]]
     model = config.build_network(make_ops("eager"), device, dtype)
     try:

@@ -2,25 +2,27 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
 from engine.data import CifarLoader, DataError, convert, load_cifar10
-from engine.distributed import World, barrier, finish, gather, start, world_from_env
+from engine.distributed import World, barrier, finish, start, world_from_env
 from engine.errors import check_kernels, explain
 from engine.ops import KERNEL_CHOICES, make_ops
-from engine.plots import plot_runs, require_matplotlib
+from engine.outputs import OutputError
+from engine.plots import require_matplotlib
 from engine.progress import Progress
 from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config
-from engine.report import device_name, environment, format_summary, summarize, write_json
-from engine.train import COMPILE_MODES, Trainer, TrainingDiverged
+from engine.report import device_name, environment
+from engine.session import Outputs, Session, write_json_or_rescue
+from engine.train import COMPILE_MODES, Trainer
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SYNTHETIC_SIZE = 50_000              # --synthetic-size when not given
 
 # Recipe overrides: option -> (Config field, type, what it is). Each applies to the recipes
 # whose Config has that field; given with another recipe, it is refused.
@@ -57,11 +59,12 @@ def non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run.py", description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10 by default, or airbench94 with Muon.",
+        prog="run.py", description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10's by default, "
+                                   "or airbench94 with Muon.",
         epilog="`python run.py evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
                "--save. `python run.py convert SRC OUT.npz` writes any data source as one .npz. "
                "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
-               "The recipe, number by number: docs/recipe.md.")
+               "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data",
                    help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
@@ -70,16 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-label", metavar="TEXT",
                    help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)' (default: from --data)")
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
-    g.add_argument("--synthetic-size", type=positive_int, default=50_000,
-                   help="training images of --data synthetic; test images are a fifth (default 50000)")
+    g.add_argument("--synthetic-size", type=positive_int, default=None,
+                   help=f"training images of --data synthetic; test images are a fifth (default {SYNTHETIC_SIZE})")
     g = p.add_argument_group("device and speed")
     g.add_argument("--device", default=None,
                    help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
     g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="network dtype (default: float16 on CUDA, float32 on CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    g.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
-                   help="torch.compile mode (default: default)")
+    g.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode, with --compile (default: default)")
     g.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
                    help="elementwise kernels: triton or eager twins (default: triton on CUDA, eager on CPU)")
     g.add_argument("--deterministic", action="store_true",
@@ -91,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", metavar="PATH.png",
                    help="draw every run's training curves and the spread of final accuracies (needs matplotlib)")
     g.add_argument("--save", metavar="PATH",
-                   help="write each run's final EMA network with its config, data and accuracy (with "
+                   help="write each run's reported network (the EMA network for the seed recipes) with its "
+                        "recipe, config, data and accuracy (with "
                         "--runs above 1, PATH gets -seedS before its extension); see `run.py evaluate`")
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g.add_argument("--final-eval-only", action="store_true",
@@ -145,32 +149,67 @@ def resolve_device(parser, name: str | None, world: World = World()) -> torch.de
     return device
 
 
-def checkpoint_path(path: str, seed: int, runs: int) -> str:
-    """--save PATH for one run; PATH with -seedS before the extension for several."""
-    if runs == 1:
-        return path
-    root, extension = os.path.splitext(path)
-    return f"{root}-seed{seed}{extension or '.pt'}"
+def data_input(data: str | None) -> list[tuple[str, str]]:
+    """--data as an input that no output may overwrite (none for synthetic data)."""
+    return [("--data", data)] if data and data != "synthetic" else []
+
+
+def pointless_data_flags(data: str, download: bool, synthetic_only: dict) -> list[str]:
+    """Data flags that would do nothing for `data`. synthetic_only: {flag: value or None when
+    not given} of the flags that only apply to synthetic data."""
+    problems = [f"{flag} only applies to --data synthetic, not {data}; drop it"
+                for flag, value in synthetic_only.items() if value is not None and data != "synthetic"]
+    if download and (data == "synthetic" or data.lower().endswith(".npz")):
+        problems.append(f"--download only fetches CIFAR-10 into a directory, not for --data {data}; drop it")
+    return problems
+
+
+def pointless_flags(args) -> list[str]:
+    """Flags that would do nothing with the others given: refused, never silently ignored."""
+    problems = pointless_data_flags(args.data, args.download, {"--synthetic-size": args.synthetic_size})
+    if args.compile_mode is not None and not args.compile:
+        problems.append("--compile-mode has no effect without --compile; add --compile or drop --compile-mode")
+    return problems
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["evaluate"]:
-        return evaluate_main(argv[1:])
-    if argv[:1] == ["convert"]:
-        return convert_main(argv[1:])
+    try:      # a Session summarises its own interruptions: this one came before any run finished
+        if argv[:1] == ["evaluate"]:
+            return evaluate_main(argv[1:])
+        if argv[:1] == ["convert"]:
+            return convert_main(argv[1:])
+        return train_main(argv)
+    except KeyboardInterrupt:
+        print("\nrun.py: interrupted before any result was ready", file=sys.stderr)
+        return 130
+
+
+def train_main(argv: list) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for problem in pointless_flags(args):
+        parser.error(problem)
+    try:
+        require_seeds(args.seed, args.runs, name="--seed")
+        world = world_from_env()
+        # A typo should not wait for the data to load.
+        recipe_config(args, train_images=args.batch_size or RECIPES[args.recipe][0].batch_size)
+    except ValueError as error:
+        parser.error(str(error))
     if args.plot:
         try:
             require_matplotlib()
         except ImportError as error:
             parser.error(str(error))
-    try:
-        world = world_from_env()
+    device = resolve_device(parser, args.device, world)
+    try:     # every output, before any work
+        Outputs(args.json, args.save, args.plot).check(range(args.seed, args.seed + args.runs), world,
+                                                       inputs=data_input(args.data))
+        if args.data == "synthetic":
+            require_synthetic_fits(args.synthetic_size or SYNTHETIC_SIZE, device)
     except ValueError as error:
         parser.error(str(error))
-    device = resolve_device(parser, args.device, world)
     if args.deterministic:
         make_deterministic()
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
@@ -195,17 +234,13 @@ def recipe_config(args, train_images: int):
     return make_config(args.recipe, train_images=train_images,
                        **{field: getattr(args, field) for field in given.values()})
 
-
 def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
-    """Load the data, train this process's runs, gather them; rank 0 reports."""
-    try:   # the overrides first: a typo should not wait for the data to load
-        recipe_config(args, train_images=max(args.batch_size or RECIPES[args.recipe][0].batch_size, 1))
-    except ValueError as error:
-        parser.error(str(error))
+    """Load the data, build the trainer and loaders, and hand them to a Session."""
     if args.download and not world.main:
         barrier(world)                    # rank 0 downloads first
+    synthetic_size = args.synthetic_size or SYNTHETIC_SIZE
     try:
-        data = load_cifar10(args.data, args.download, args.synthetic_size, seed=args.seed)
+        data = load_cifar10(args.data, args.download, synthetic_size, seed=args.seed)
     except DataError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
@@ -220,20 +255,20 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
 
     if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
-    name = device_name(device)
+    compile_mode = args.compile_mode or "default"
     show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
                     prefix=f"[rank {world.rank}] " if world.distributed else "")
     if world.main and not args.quiet:
-        print(f"recipe: {args.recipe} | data: {data.source} | device: {name}"
+        print(f"recipe: {args.recipe} | data: {data.source} | device: {device_name(device)}"
               f"{f' (x{world.size} processes)' if world.distributed else ''} | "
-              f"dtype: {str(dtype).removeprefix('torch.')} | kernels: {kernels} | "
-              f"compile: {args.compile_mode if args.compile else 'off'} | "
+              f"dtype: {dtype_name(dtype)} | kernels: {kernels} | "
+              f"compile: {compile_mode if args.compile else 'off'} | "
               f"{config.total_steps} steps of {config.batch_size}"
               f"{' | deterministic' if args.deterministic else ''}", flush=True)
     try:
         ops = make_ops(kernels)
         check_kernels(ops, device, dtype, config)
-        trainer = Trainer(config, ops, device, dtype, compile=args.compile, compile_mode=args.compile_mode)
+        trainer = Trainer(config, ops, device, dtype, compile=args.compile, compile_mode=compile_mode)
         train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
         test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
         warmup_seconds = trainer.warm_up(train, test) if (device.type == "cuda" or args.compile) else 0.0
@@ -246,99 +281,28 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     if warmup_seconds:
         show.print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s "
                    f"(not counted in run times)")
-
-    runs, interrupted, failure, crash = [], False, None, None      # runs: (global index, record)
-    try:
-        for index in world.my_runs(args.runs):
-            seed = args.seed + index
-            show.start_run(index, args.runs, seed, config.total_steps, config.epochs)
-            try:
-                result = trainer.run(train, test, seed, on_epoch=show.epoch, on_step=show.step,
-                                     evaluate_every_epoch=not args.final_eval_only)
-            except TrainingDiverged as error:
-                show.close()
-                print(f"{show.prefix}run {index + 1} (seed {seed}) failed: {error}; going on with the next run",
-                      file=sys.stderr, flush=True)
-                runs.append((index, {"seed": seed, "status": "failed", "error": str(error), "step": error.step,
-                                     "lr": error.lr, "epochs": error.epochs,
-                                     **({"rank": world.rank} if world.distributed else {})}))
-                continue
-            record = {**result.to_dict(), **({"rank": world.rank} if world.distributed else {})}
-            if args.save:
-                record["checkpoint"] = save_checkpoint(
-                    checkpoint_path(args.save, seed, args.runs), result.ema_model, config,
-                    accuracy=result.ema_accuracy, data_source=data.source,
-                    data={"data": args.data, "synthetic_size": args.synthetic_size, "seed": args.seed},
-                    seed=seed, ema_accuracy=result.ema_accuracy, network_accuracy=result.accuracy,
-                    kernels=kernels, compile=args.compile, recipe=args.recipe)
-            runs.append((index, record))
-            show.end_run(f"final: EMA accuracy {100 * result.ema_accuracy:.2f}%, accuracy "
-                         f"{100 * result.accuracy:.2f}%, {result.train_seconds:.3f} s training, "
-                         f"{result.total_seconds:.3f} s in all")
-            del result                    # free the networks before the next run
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"\n{show.prefix}interrupted: summarising the run(s) that finished", file=sys.stderr)
-    except Exception as error:            # stop here, but keep and report what finished
-        failure = explain(error, config, args.compile)
-        if failure is None:
-            crash, failure = error, f"{type(error).__name__}: {error}"
-        print(f"{show.prefix}run.py: error: {failure}; the runs that finished are kept", file=sys.stderr)
-    finally:
-        show.close()
-
-    processes = gather(world, {"rank": world.rank, "device": name, "runs": runs, "interrupted": interrupted,
-                               "error": failure, "warmup_seconds": warmup_seconds,
-                               "compile_seconds": trainer.compile_seconds})
-    if world.main:
-        report(args, world, processes, data, config, device, dtype, kernels)
-    if crash is not None:
-        raise crash                       # after the results are safe: the traceback is the bug report
-    if any(p["interrupted"] for p in processes):
-        return 130
-    finished = sum(record.get("status") == "ok" for p in processes for _, record in p["runs"])
-    return 1 if any(p["error"] for p in processes) or not finished else 0
-
-
-def report(args, world: World, processes: list, data, config, device, dtype, kernels: str):
-    """The one summary, JSON file and plot, from every process's runs in run order."""
-    runs = [record for _, record in sorted((item for p in processes for item in p["runs"]), key=lambda i: i[0])]
-    names = sorted({p["device"] for p in processes})
-    name = names[0] if not world.distributed else f"{world.size} processes on {', '.join(names)}"
-    summary = summarize(runs)
-    print(("" if args.quiet else "\n") + format_summary(summary, data.source, name), flush=True)
-    errors = [{"rank": p["rank"], "error": p["error"]} for p in processes if p["error"]]
-    if args.json:
-        payload = {
-            "runs": runs, "summary": summary, "interrupted": any(p["interrupted"] for p in processes),
-            "errors": errors, "data_source": data.source, "synthetic": data.synthetic,
-            "dtype": str(dtype).removeprefix("torch."), "kernels": kernels,
-            "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
-            "compile_seconds": processes[0]["compile_seconds"], "warmup_seconds": processes[0]["warmup_seconds"],
-            "deterministic": args.deterministic, "world_size": world.size,
-            "processes": [{k: p[k] for k in ("rank", "device", "warmup_seconds", "compile_seconds", "error")}
-                          for p in processes],
-            "config": config.to_dict(), **environment(device), "device": name,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json(args.json, payload)
-        if not args.quiet:
-            print(f"wrote {args.json}")
-    if args.plot:
-        try:
-            plot_runs(runs, args.plot, title=f"{data.source} | {name} | {len(runs)} run(s)")
-        except Exception as error:       # the runs are written already; a plot is not worth a traceback
-            print(f"run.py: error: could not draw {args.plot}: {type(error).__name__}: {error}", file=sys.stderr)
-            return
-        if not args.quiet:
-            print(f"wrote {args.plot}")
+    context = {
+        "recipe": args.recipe, "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        "kernels": kernels,
+        "compile": args.compile, "compile_mode": compile_mode if args.compile else None,
+        "deterministic": args.deterministic, "config": config.to_dict(), **environment(device),
+    }
+    checkpoint_fields = {"recipe": args.recipe, "data_source": data.source, "kernels": kernels, "compile": args.compile,
+                         "data": {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed}}
+    session = Session(trainer, train, test, runs=args.runs, first_seed=args.seed, world=world,
+                      outputs=Outputs(args.json, args.save, args.plot), show=show, data_source=data.source,
+                      context=context, checkpoint_fields=checkpoint_fields,
+                      evaluate_every_epoch=not args.final_eval_only, warmup_seconds=warmup_seconds,
+                      quiet=args.quiet)
+    return session.run()
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py evaluate",
-                                description="Reload a network saved with `run.py --save` and measure its test "
+description="Reload a network saved with `run.py --save` and measure its test "
                                             "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
                                             "training.")
+
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a file written by run.py --save")
     p.add_argument("--data", help="as run.py --data (default: the data the checkpoint was trained on)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
@@ -346,6 +310,8 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, help="for --data synthetic (default: as recorded)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
     p.add_argument("--dtype", choices=DTYPES, help="(default: the saved network's)")
+    p.add_argument("--json", metavar="PATH", help="write both accuracies, the checkpoint's record, device and "
+                                                  "versions to this JSON file")
     return p
 
 
@@ -353,18 +319,35 @@ def evaluate_main(argv) -> int:
     parser = build_evaluate_parser()
     args = parser.parse_args(argv)
     device = resolve_device(parser, args.device)
+    if args.json:            # before any work, and never over the checkpoint or the data
+        try:
+            Outputs(json=args.json).check(range(1), inputs=[("--checkpoint", args.checkpoint),
+                                                            *data_input(args.data)])
+        except OutputError as error:
+            parser.error(str(error))
     try:
         model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None)
     except CheckpointError as error:
         print(f"run.py evaluate: error: {error}", file=sys.stderr)
         return 2
     recorded = saved.get("data") or {}
-    if not (args.data or recorded.get("data")):
+    data_name = args.data or recorded.get("data")
+    if not data_name:
         parser.error("--data is needed: the checkpoint does not say what it was trained on")
+    synthetic_size = args.synthetic_size or recorded.get("synthetic_size", SYNTHETIC_SIZE)
+    data_seed = args.data_seed if args.data_seed is not None else recorded.get("seed", 0)
+    problems = pointless_data_flags(data_name, args.download, {"--synthetic-size": args.synthetic_size,
+                                                               "--data-seed": args.data_seed})
+    if problems:
+        parser.error(problems[0])
     try:
-        data = load_cifar10(args.data or recorded["data"], args.download,
-                            args.synthetic_size or recorded.get("synthetic_size", 50_000),
-                            seed=args.data_seed if args.data_seed is not None else recorded.get("seed", 0))
+        if data_name == "synthetic":
+            require_seeds(data_seed, name="--data-seed")
+            require_synthetic_fits(synthetic_size, device)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        data = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
     except DataError as error:
         print(f"run.py evaluate: error: {error}", file=sys.stderr)
         return 2
@@ -372,13 +355,25 @@ def evaluate_main(argv) -> int:
     accuracy = evaluate(model, data)
     dtype = next(model.parameters()).dtype
     print(f"checkpoint: {args.checkpoint} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
-          f"kernels at training: {saved.get('kernels')} | dtype: {str(dtype).removeprefix('torch.')} | "
+          f"kernels at training: {saved.get('kernels')} | dtype: {dtype_name(dtype)} | "
           f"device: {device_name(device)}")
     line = f"test accuracy {100 * accuracy:.2f}% on {data.source}"
     if saved.get("accuracy") is not None:
         line += (f"; recorded {100 * saved['accuracy']:.2f}% "
                  f"(difference {100 * (accuracy - saved['accuracy']):+.2f} points)")
     print(line)
+    if args.json:
+        payload = {
+            "checkpoint": args.checkpoint, "accuracy": accuracy, "recorded_accuracy": saved.get("accuracy"),
+            "difference": None if saved.get("accuracy") is None else accuracy - saved["accuracy"],
+            "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+            "recipe": saved.get("recipe", "seed"),
+            "trained": {key: saved.get(key) for key in ("seed", "data_source", "data", "dtype", "device", "kernels",
+                                                        "compile", "ema_accuracy", "network_accuracy", "torch")},
+            "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if write_json_or_rescue(args.json, payload) != args.json:
+            return 1
     return 0
 
 

@@ -6,49 +6,25 @@ derives from `RecipeConfig`. The engine (loader, trainer, reports, checkpoints)
 receives that object explicitly and asks it for what the recipe decides: its
 network, whitening, optimizer groups, loss, augmentation, EMA steps and
 evaluation views. `RecipeConfig` holds the fields and derived step counts every
-recipe has, and the checks they share.
+recipe has; engine/checks.py the value checks every recipe's `__post_init__` calls.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from engine.checks import require_field_types, require_finite_positive
+
 NUM_CLASSES = 10
-IMAGE_SIZE = 32
-
-
-def require_positive(config, *names: str):
-    for name in names:
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
-
-
-def require_non_negative(config, *names: str):
-    for name in names:
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-
-
-def require_fraction(config, *names: str):
-    """Each field in [0, 1)."""
-    for name in names:
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
-
-
-def require_finite(config, *names: str):
-    for name in names:
-        value = getattr(config, name)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value}")
+IMAGE_SIZE = 32                       # CIFAR-10 images are 32 x 32 pixels
 
 
 @dataclass(frozen=True)
 class RecipeConfig:
     """Fields every recipe has; a recipe's `Config` adds its own after them."""
     recipe: ClassVar[str] = ""         # the recipe's name in --recipe, reports and checkpoints
+    reported_as: ClassVar[str] = "accuracy"   # what reports call a run's result
 
     train_images: int = 50_000         # size of the training split actually used
     batch_size: int = 512
@@ -57,7 +33,9 @@ class RecipeConfig:
     base_width: int = 64               # the recipe's widths scale with it
 
     def __post_init__(self):
-        require_positive(self, "train_images", "batch_size", "test_batch_size", "epochs", "base_width")
+        require_field_types(self)
+        for name in ("train_images", "batch_size", "test_batch_size", "epochs", "base_width"):
+            require_finite_positive(name, getattr(self, name))
         if self.train_images < self.batch_size:
             raise ValueError(f"the training set ({self.train_images} images) is smaller than one "
                              f"batch ({self.batch_size}); lower --batch-size")

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import IMAGE_SIZE, NUM_CLASSES
+from engine.checks import as_device, as_dtype, require_images, require_labels, require_type
+from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 CONVERT_HINT = ("`python run.py convert SRC OUT.npz` writes one from a torchvision CIFAR-10 root "
@@ -355,7 +356,12 @@ class CifarLoader:
     augmented anew each epoch as `config.augmentation` says, shuffled, full batches only.
     Test: plain batches covering every image."""
 
-    def __init__(self, images_uint8: np.ndarray, labels: np.ndarray, config, train: bool, device, dtype):
+    def __init__(self, images_uint8: np.ndarray, labels: np.ndarray, config: RecipeConfig, train: bool,
+                 device, dtype):
+        require_images("images_uint8", images_uint8)
+        require_labels("labels", labels, len(images_uint8))
+        require_type("config", config, RecipeConfig, "a recipe's Config (engine.Config, engine.make_config(...))")
+        device, dtype = as_device(device), as_dtype(dtype)
         self.config, self.train = config, train
         self.augmentation = config.augmentation if train else Augmentation(flip="none")
         self.images = normalize(images_uint8, device, dtype, config.mean, config.std)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
+from engine.outputs import atomic_write
 from engine.report import TARGET_ACCURACY
 
 INSTALL_HINT = 'install matplotlib (python3 -m pip install -e ".[plot]" or pip install matplotlib)'
@@ -23,6 +23,21 @@ def require_matplotlib():
     except ImportError:
         raise ImportError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}, "
                           f"or leave out --plot") from None
+
+
+def plot_formats() -> list[str]:
+    """The file extensions matplotlib can write (png, pdf, svg, ...)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+    return sorted(Figure().canvas.get_supported_filetypes())
+
+
+def require_plot_format(path: str):
+    """ValueError unless matplotlib writes the format `path`'s extension names (none: png)."""
+    extension = os.path.splitext(path)[1][1:].lower()
+    if extension and extension not in plot_formats():
+        raise ValueError(f"--plot {path}: matplotlib cannot write .{extension} files; use one of "
+                         f".{', .'.join(plot_formats())}")
 
 
 def _curve(run: dict, key: str) -> list[float]:
@@ -38,9 +53,10 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
     return means
 
 
-def plot_runs(runs: list[dict], path: str, title: str = "") -> str:
+def plot_runs(runs: list[dict], path, title: str = "") -> str:
     """Draw the figure for `runs` (the JSON's run dicts; failed runs show their finished
-    epochs, dashed) and write it to `path` atomically; the format follows the extension."""
+    epochs, dashed) and write it to `path` (str or pathlib.Path) atomically; the format
+    follows the extension (none: png)."""
     require_matplotlib()
     from matplotlib.figure import Figure     # no pyplot: no display, no global state
     from matplotlib.ticker import MaxNLocator
@@ -88,15 +104,5 @@ def plot_runs(runs: list[dict], path: str, title: str = "") -> str:
     if title:
         figure.suptitle(title)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    extension = os.path.splitext(path)[1] or ".png"
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=directory)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
+    extension = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    return atomic_write(path, lambda file: figure.savefig(file, dpi=110, format=extension))

@@ -6,10 +6,10 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 
 import torch
 
+from engine.outputs import atomic_write
 from engine.student_t import t_cdf, t_quantile
 
 TARGET_ACCURACY = 0.94
@@ -59,6 +59,7 @@ def summarize(runs: list[dict]) -> dict:
     return {
         "runs": len(finished),
         "failed_runs": len(runs) - len(finished),
+        "learned_nothing_runs": sum(bool(run.get("learned_nothing")) for run in finished),
         "mean_ema_accuracy": ema["mean"], "std_ema_accuracy": ema["std"],
         "min_ema_accuracy": ema["min"], "max_ema_accuracy": ema["max"],
         "ema_accuracy_ci95": interval, "p_value_mean_above_94": p_value,
@@ -69,17 +70,21 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def format_summary(summary: dict, data_source: str, device_name: str) -> str:
+def format_summary(summary: dict, data_source: str, device_name: str, reported: str = "EMA accuracy") -> str:
+    """The summary's lines; `reported` names the result (a recipe's `reported_as`)."""
     if not summary["runs"]:
         return f"no run finished ({summary['failed_runs']} failed)"
     pct = lambda value: f"{100 * value:.2f}%"
     lines = [
         f"summary over {summary['runs']} run(s) on {device_name}, data: {data_source}"
         + (f" ({summary['failed_runs']} failed)" if summary["failed_runs"] else ""),
-        f"  EMA accuracy   mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
+        f"  {reported:<14} mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
         f"  min {pct(summary['min_ema_accuracy'])}  max {pct(summary['max_ema_accuracy'])}",
         _interval_line(summary),
         f"  runs >= 94%    {pct(summary['share_at_or_above_94'])}",
+        *([f"  LEARNED NOTHING in {summary['learned_nothing_runs']} run(s): accuracy at chance or loss stuck "
+           f"at its start (\"learned_nothing\" in the JSON); check --lr and the data"]
+          if summary.get("learned_nothing_runs") else []),
         f"  seconds/run    {summary['mean_train_seconds']:.3f} (training loops only, hlb convention)"
         f"  {summary['mean_total_seconds']:.3f} (whitening + training + final TTA eval, airbench convention)",
     ]
@@ -125,16 +130,9 @@ def environment(device: torch.device) -> dict:
             "python": platform.python_version(), "git_commit": git_commit()}
 
 
-def write_json(path: str, payload: dict):
-    """Write atomically: a temporary file in the same directory, then a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file, indent=2, default=str)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+def write_json(path, payload: dict) -> str:
+    """Write atomically (engine.outputs.atomic_write), with the user's usual permissions."""
+    def dump(file):
+        json.dump(payload, file, indent=2, default=str)
+        file.write("\n")
+    return atomic_write(path, dump, binary=False)

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from engine.checks import as_device, as_dtype, require_type
+from engine.config import RecipeConfig
 from engine.data import CifarLoader
 from engine.evaluation import evaluate
 from engine.ops import Ops
@@ -183,8 +185,10 @@ class Trainer:
                  compile_mode: str = "default"):
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        require_type("config", config, RecipeConfig, "a recipe's Config (engine.Config, engine.make_config(...))")
+        require_type("ops", ops, Ops, "an operation table from engine.ops.make_ops")
         self.config, self.ops = config, ops
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype = as_device(device), as_dtype(dtype)
         self.compile, self.compile_mode = compile, compile_mode
         self.compile_seconds = None
         self.kept = None        # (network, EMA network or None, optimizers), reused by every run: see networks()

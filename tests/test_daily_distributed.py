@@ -49,6 +49,7 @@ def test_two_processes_share_the_runs_and_rank0_reports_once(tmp_path):
     assert result.stdout.count("summary over 3 run(s)") == 1 and result.stdout.count("wrote") == 2
     assert "[rank 1] run 2/3 (seed 1): final: EMA accuracy" in result.stdout
     assert (tmp_path / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json", "runs.png"]   # progress files removed
 
 
 def test_one_process_is_plain_run_py(tmp_path):

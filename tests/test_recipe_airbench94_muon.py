@@ -149,7 +149,7 @@ def decode(loader, images):
 def test_alternating_flips_and_translations_by_minus_2_to_2():
     n = 600
     config = Config(train_images=n, batch_size=100)
-    loader = CifarLoader(coded_images(n), np.arange(n) % 10, config, True, "cpu", torch.float64)
+    loader = CifarLoader(coded_images(n), np.arange(n) % 10, config, True, "cpu", torch.float32)
     generator = torch.Generator().manual_seed(3)
     orientations, shifts = [], []
     for epoch in range(4):
@@ -174,7 +174,7 @@ def test_alternating_flips_and_translations_by_minus_2_to_2():
 def test_an_epoch_permutes_the_augmented_images_with_their_labels():
     n = 600
     config = Config(train_images=n, batch_size=100)
-    loader = CifarLoader(coded_images(n), np.arange(n) % 256, config, True, "cpu", torch.float64)
+    loader = CifarLoader(coded_images(n), np.arange(n) % 256, config, True, "cpu", torch.float32)
     batches = list(loader.epoch(torch.Generator().manual_seed(5), 0))
     assert len(batches) == 6 and all(len(labels) == 100 for _, labels in batches)
     images = torch.cat([b[0] for b in batches])

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import NUM_CLASSES, RecipeConfig, require_finite, require_fraction, require_positive
+from engine.checks import require_finite_non_negative, require_finite_positive, require_fraction
+from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.data import Augmentation
 from engine.evaluation import flip_averaged_logits, plain_logits
 from engine.layers import BatchNorm, on_device
@@ -34,6 +35,7 @@ PRESETS = {"airbench94-muon": {}}
 @dataclass(frozen=True)
 class Config(RecipeConfig):
     recipe: ClassVar[str] = "airbench94-muon"
+    reported_as: ClassVar[str] = "accuracy"       # what the summary calls the result (six views)
 
     # Data and augmentation (train_images: RecipeConfig).
     batch_size: int = 2000
@@ -67,11 +69,19 @@ class Config(RecipeConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require_positive(self, "whiten_kernel", "whiten_images", "whiten_chunk", "newton_schulz_steps")
-        require_fraction(self, "label_smoothing", "sgd_momentum", "muon_momentum")
-        require_finite(self, "bias_lr", "head_lr", "weight_decay_per_image", "muon_lr")
-        if self.whiten_bias_epochs < 0 or self.pad < 0:
-            raise ValueError("whiten_bias_epochs and pad must be >= 0")
+        for name in ("whiten_kernel", "whiten_images", "whiten_chunk", "newton_schulz_steps", "bn_eps",
+                     "whiten_eps"):
+            require_finite_positive(name, getattr(self, name))
+        for name in ("pad", "whiten_bias_epochs", "bias_lr", "head_lr", "muon_lr", "weight_decay_per_image"):
+            require_finite_non_negative(name, getattr(self, name))
+        for name in ("label_smoothing", "sgd_momentum", "muon_momentum"):
+            require_fraction(name, getattr(self, name))
+        if not 0.0 <= self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.pad >= IMAGE_SIZE:
+            raise ValueError(f"pad ({self.pad}) must be smaller than the image ({IMAGE_SIZE}) for reflect padding")
+        if self.bias_lr == 0 or self.head_lr == 0:
+            raise ValueError("bias_lr and head_lr must be positive: each group's weight decay is divided by them")
 
     # ---- derived quantities ----
     @property

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import (NUM_CLASSES, RecipeConfig, require_finite, require_fraction, require_non_negative,
-                           require_positive)
+from engine.checks import require_finite_non_negative, require_finite_positive, require_fraction
+from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.data import Augmentation
 from engine.evaluation import flip_averaged_logits, plain_logits
 from engine.layers import BatchNorm, on_device
@@ -37,6 +37,7 @@ PRESETS = {"seed": {}, "seed-long": {"base_width": 128, "epochs": 80}}
 @dataclass(frozen=True)
 class Config(RecipeConfig):
     recipe: ClassVar[str] = "seed"
+    reported_as: ClassVar[str] = "EMA accuracy"   # what the summary calls the result
 
     # Data and augmentation (train_images, batch_size 512, test_batch_size 1000: RecipeConfig).
     mean: tuple = (0.4913997551666284, 0.48215855929893703, 0.4465309133731618)
@@ -77,14 +78,24 @@ class Config(RecipeConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require_positive(self, "se_reduction", "whiten_kernel", "whiten_chunk", "ema_every")
-        require_non_negative(self, "pad", "cutout", "ema_epochs")
+        for name in ("se_reduction", "whiten_kernel", "whiten_chunk", "ema_every",
+                     "bn_eps", "logit_scale", "whiten_eps", "loss_scale", "bias_scale"):
+            require_finite_positive(name, getattr(self, name))
+        for name in ("pad", "cutout", "ema_epochs", "lr", "weight_decay", "final_lr_ratio", "initial_lr_ratio"):
+            require_finite_non_negative(name, getattr(self, name))
+        for name in ("label_smoothing", "momentum", "ema_decay", "warmup_fraction"):
+            require_fraction(name, getattr(self, name))
         if self.ema_epochs >= self.epochs:
             raise ValueError(f"ema_epochs ({self.ema_epochs}) must be smaller than epochs ({self.epochs})")
         if self.base_width % 2:
             raise ValueError(f"base_width must be even, got {self.base_width}")
-        require_fraction(self, "label_smoothing", "momentum", "ema_decay", "warmup_fraction")
-        require_finite(self, "lr", "weight_decay", "bias_scale")
+        if not 0.0 <= self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.cutout > IMAGE_SIZE:
+            raise ValueError(f"cutout ({self.cutout}) is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image; "
+                             f"use at most {IMAGE_SIZE} (0 turns it off)")
+        if self.pad >= IMAGE_SIZE:
+            raise ValueError(f"pad ({self.pad}) must be smaller than the image ({IMAGE_SIZE}) for reflect padding")
 
     @classmethod
     def from_overrides(cls, **fields) -> "Config":
