@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from engine.data import CifarLoader, DataError, load_cifar10  # noqa: E402
 from engine.ops import make_ops  # noqa: E402
 from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config  # noqa: E402
-from engine.report import device_name, environment, summarize, write_json  # noqa: E402
+from engine.report import environment, summarize, write_json  # noqa: E402
 from engine.train import COMPILE_MODES, Trainer  # noqa: E402
 from profile_steps import fmt_or_dash, format_detail, format_line, profile_run  # noqa: E402
 

@@ -18,6 +18,7 @@ _EXPORTS = {
     "CifarLoader": "engine.data",         # the on-device augmenting loader on its own
     "Cifar10": "engine.data",
     "load_cifar10": "engine.data",
+    "convert": "engine.data",             # any data source to one .npz file
     "make_synthetic": "engine.data",
     "Trainer": "engine.train",            # many runs sharing one compilation
     "RunResult": "engine.train",

@@ -16,7 +16,6 @@ batched tensor operations, then yields a fresh permutation in batches.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from engine.checks import as_device, as_dtype, require_images, require_labels, require_type
 from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
+from engine.outputs import atomic_write
 
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 CONVERT_HINT = ("`python run.py convert SRC OUT.npz` writes one from a torchvision CIFAR-10 root "
@@ -166,18 +166,7 @@ def _damaged(path: str, name: str, error: Exception) -> DataError:
 def save_npz(path: str, arrays: dict):
     """Write `arrays` as an uncompressed .npz atomically (a temporary file in the same
     folder, then a rename), with the permissions the user's umask gives new files."""
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz",
-                                         dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    atomic_write(path, lambda file: np.savez(file, **arrays))
 
 
 def convert(source, out, download: bool = False) -> Cifar10:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.checks import dtype_name
 from engine.ops import Ops
 from engine.train import OutOfMemory
 
@@ -34,7 +35,7 @@ def check_kernels(ops: Ops, device, dtype, config):
         ops.patch_covariance(images, config.whiten_kernel)
     except Exception as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
-        raise KernelError(f"the {ops.name} kernels cannot run on {device} in {str(dtype).removeprefix('torch.')} "
+        raise KernelError(f"the {ops.name} kernels cannot run on {device} in {dtype_name(dtype)} "
                           f"({type(error).__name__}: {first_line}). Use --kernels eager (their plain "
                           f"PyTorch twins, same results){', or a CUDA GPU' if ops.name == 'triton' else ''}.") from error
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
 from engine.data import CifarLoader, make_synthetic
 from engine.ops import make_ops
 from engine.optim import Optimizers
