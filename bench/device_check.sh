@@ -25,7 +25,9 @@
 # and a failing variant does not stop the other variants.
 # DEVICE_CHECK_TRAIN_ARGS (extra bench/train.py arguments, after the script's own:
 # they win) and DEVICE_CHECK_TEST_ARGS (extra pytest arguments) let a CPU dry run
-# exercise the plumbing with tiny sizes.
+# exercise the plumbing with tiny sizes; DEVICE_CHECK_LIMIT_SCALE (a whole number,
+# default 1) multiplies every stage limit, so that a dry run on a busy machine is
+# not cut off.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs="$2"; shift ;;
     --label) label="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) if [ -z "$data" ]; then data="$1"; elif [ -z "$outdir" ]; then outdir="$1"; else
          echo "device_check.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
@@ -70,7 +72,7 @@ PY=python3
 start=$(date +%s)
 stage_status=()
 run_stage() {  # name seconds log command...
-  local name=$1 limit=$2 log=$3; shift 3
+  local name=$1 limit=$(( $2 * ${DEVICE_CHECK_LIMIT_SCALE:-1} )) log=$3; shift 3
   local t0=$(date +%s)
   echo "== $name (limit ${limit}s) ==" | tee -a "$log"
   timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
