@@ -35,7 +35,8 @@ def mean_above_target(values: list, target: float = TARGET_ACCURACY) -> tuple:
     """(95% confidence interval of the mean [low, high], one-sided t-test p-value for
     "the mean is above `target`"), the way 94% claims are stated; (None, None) below two
     values, which have no spread to estimate. With zero spread the interval is the mean
-    itself and p is 0 (mean above target) or 1."""
+    itself and p is 0 (mean above target) or 1. Accuracies lie in [0, 1], so the interval
+    is cut to [0, 1] (still a 95% interval: the true mean cannot lie outside)."""
     if len(values) < 2:
         return None, None
     mean, error = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
@@ -44,7 +45,7 @@ def mean_above_target(values: list, target: float = TARGET_ACCURACY) -> tuple:
         p_value = 0.0 if mean > target else 1.0
     else:
         p_value = t_cdf(-(mean - target) / error, len(values) - 1)    # P(T >= t)
-    return [mean - half_width, mean + half_width], p_value
+    return [max(mean - half_width, 0.0), min(mean + half_width, 1.0)], p_value
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -77,3 +77,11 @@ def test_one_run_says_why_the_interval_and_p_value_are_absent():
     summary = summarize(runs_with([0.95], failed=1))
     assert summary["ema_accuracy_ci95"] is None and summary["p_value_mean_above_94"] is None
     assert "need 2 or more finished runs" in format_summary(summary, "data", "cpu")
+
+
+def test_the_interval_stays_within_0_and_100_percent():
+    # Two runs far apart: the t interval (12.7 standard errors each side) would pass 100%.
+    summary = summarize(runs_with([0.95, 0.99]))
+    low, high = summary["ema_accuracy_ci95"]
+    assert high == 1.0 and low == pytest.approx(0.97 - 12.706 * 0.02, abs=1e-3)
+    assert "100.00% (t, 1 df)" in format_summary(summary, "data", "cpu")
