@@ -11,10 +11,11 @@ eager twins), compile+triton (torch.compile, the Triton kernels): the default
 set; compile+cudagraphs and compile+triton+cudagraphs are the last two with
 compile mode reduce-overhead (CUDA graphs). Each is warmed up (and compiled)
 first, then trained --runs times with seeds --seed.. . Per variant it prints mean
-and std of the reported accuracy (the EMA network's, for the seed recipes), the share of runs >= 94%, seconds per run in
-both timing conventions, the speed-up over the eager variant, achieved TFLOP/s
-(counted with torch.utils.flop_counter) and peak GPU memory; writes --json, and
-appends one row per variant to bench/results/train.csv. A variant that fails
+and std of the reported accuracy (the EMA network's, for the seed recipes), the
+share of runs >= 94%, seconds per run in both timing conventions, the speed-up
+over the eager variant, achieved TFLOP/s (counted with torch.utils.flop_counter)
+and peak GPU memory; writes --json, and appends one row per variant to
+bench/results/train.csv. A variant that fails
 (a compile error, say) is reported as FAILED and the others go on.
 
 --profile-steps K: after a variant's timed runs, the same trainer trains once

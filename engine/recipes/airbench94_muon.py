@@ -36,6 +36,7 @@ PRESETS = {"airbench94-muon": {}}
 class Config(RecipeConfig):
     recipe: ClassVar[str] = "airbench94-muon"
     reported_as: ClassVar[str] = "accuracy"       # what the summary calls the result (six views)
+    has_ema: ClassVar[bool] = False               # the reported network is the trained one
 
     # Data and augmentation (train_images: RecipeConfig).
     batch_size: int = 2000
@@ -148,8 +149,6 @@ class Config(RecipeConfig):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Label-smoothed cross-entropy, summed over the batch."""
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="sum")
-
-    has_ema: ClassVar[bool] = False
 
     def ema_updates_after(self, step: int) -> bool:
         return False
