@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_kernels_*.py (imported by tests only).
+"""Helpers shared by tests/test_kernels_*.py.
 
 Tolerances, written down once:
   TOL[dtype] = (atol, rtol) for elementwise outputs, Triton against the eager twin.
@@ -7,12 +7,10 @@ Tolerances, written down once:
   HALF_FACTOR: in float16 / bfloat16 the Triton result's error against a float64
       reference may be at most HALF_FACTOR x the eager twin's own error (+ HALF_FLOOR).
 """
-import os
-
 import pytest
 import torch
 
-from . import _common as cm
+from kernels import _common as cm
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -32,12 +30,10 @@ HALF_FLOOR = 1e-6
 
 
 @pytest.fixture(autouse=True)
-def _fresh_inputs_and_poison():
-    """Every test: a fresh random seed (printed, to replay a failure) and NaN-filled
-    outputs, so that an element a kernel never writes fails the comparison."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    torch.manual_seed(seed)
-    print(f"seed={seed}")
+def poisoned_kernel_outputs():
+    """Every kernel test (imported into its module): NaN-filled outputs and scratch
+    buffers, so that an element a kernel never writes fails the comparison. (The
+    random inputs are seeded by tests/conftest.py, from the test's name.)"""
     with cm.poisoned_outputs():
         yield
 
