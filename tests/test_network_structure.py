@@ -1,12 +1,14 @@
-"""The structure of a full ConvGroup (SPEC "Network"), against float64 references written
-out here, for both operation tables (the eager twins and the Triton kernels, which run in
-the interpreter on a CPU), in training mode (batch statistics) and in eval mode (running
+"""The structure of the network (SPEC "Network"), against float64 references written out
+here, for both operation tables (the eager twins and the Triton kernels, which run in the
+interpreter on a CPU), in training mode (batch statistics) and in eval mode (running
 statistics). Comparing the two tables with each other cannot catch a wrong structure:
-both run the same ConvGroup.forward.
+both run the same ConvGroup.forward and Network.forward.
 
-    r   = GELU(BN1(maxpool(conv1(x))))                        the first branch
+    r   = GELU(BN1(maxpool(conv1(x))))                        a group's first branch (all of a short group)
     s   = sigmoid(fc2(GELU(fc1(mean of r over H, W))))        the squeeze-excite gate
-    out = GELU(BN3(conv3(GELU(BN2(conv2(r)))) * s)) + r       the residual branch, added to r
+    out = GELU(BN3(conv3(GELU(BN2(conv2(r)))) * s)) + r       a full group: the residual branch added to r
+    network: GELU(BN(project(whiten(x)))) -> full, short, full group -> max over H, W
+             -> linear (no bias) -> x logit_scale
 """
 import math
 
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import Config
-from engine.model import ConvGroup
+from engine.model import ConvGroup, build_network
 from engine.ops import make_ops
 
 CHANNELS_IN, CHANNELS_OUT = 8, 32          # SE hidden size 32 // 16 = 2
@@ -56,14 +58,30 @@ def reference_group(group, x, train):
     return gelu(batchnorm(y, group.norm3, train)) + r
 
 
+def reference_network(model, x, train):
+    x = F.conv2d(F.conv2d(x, model.whiten.weight.double()), model.project.weight.double())
+    x = gelu(batchnorm(x, model.project_norm, train))
+    x = reference_group(model.group1, x, train)
+    x = first_branch(model.group2, x, train)
+    x = reference_group(model.group3, x, train)
+    return x.amax((2, 3)) @ model.classifier.weight.double().T * model.logit_scale
+
+
+def randomise_batchnorms(model):
+    """Non-zero BatchNorm biases and running statistics of about unit size."""
+    with torch.no_grad():
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                channels = norm.num_features
+                norm.bias.copy_(0.5 * torch.randn(channels))
+                norm.running_mean.copy_(0.3 * torch.randn(channels))
+                norm.running_var.copy_(0.5 + torch.rand(channels))
+
+
 def make_group(kind, train):
     """A full group with non-zero BatchNorm biases (and, for eval, running statistics)."""
     group = ConvGroup(CHANNELS_IN, CHANNELS_OUT, True, Config(base_width=8), make_ops(kind))
-    with torch.no_grad():
-        for norm in (group.norm1, group.norm2, group.norm3):
-            norm.bias.copy_(0.5 * torch.randn(CHANNELS_OUT))
-            norm.running_mean.copy_(0.3 * torch.randn(CHANNELS_OUT))
-            norm.running_var.copy_(0.5 + torch.rand(CHANNELS_OUT))
+    randomise_batchnorms(group)
     group.train(train)
     x = torch.randn(4, CHANNELS_IN, 16, 16).contiguous(memory_format=torch.channels_last)
     return group, x
@@ -97,3 +115,19 @@ def test_full_group_matches_the_float64_reference(kind, train):
         expected = reference_group(group, x.double(), train)
         out = group(x)
     torch.testing.assert_close(out.double(), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", ["eager", "triton"])
+def test_network_matches_the_float64_reference(kind, train):
+    whitening = torch.randn(12, 3, 2, 2, dtype=torch.float64) * 0.5
+    model = build_network(Config(base_width=8), make_ops(kind), "cpu", torch.float32, whitening)
+    randomise_batchnorms(model)
+    model.train(train)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = reference_network(model, x.double(), train)
+        logits = model(x)
+    assert logits.shape == (4, 10)
+    # Logits are scaled by 0.1: the tolerance follows their size.
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
