@@ -24,7 +24,8 @@
 # they win) and DEVICE_CHECK_TEST_ARGS (extra pytest arguments) let a CPU dry run
 # exercise the plumbing with tiny sizes. PYTHON is the interpreter every stage runs
 # (default: python3 on PATH), e.g. PYTHON=.venv/bin/python for an unactivated
-# virtual environment.
+# virtual environment. DEVICE_CHECK_TIME_SCALE (a whole number, default 1)
+# multiplies every stage limit: a CPU dry run on a busy machine is no timing test.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs="$2"; shift ;;
     --label) label="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) if [ -z "$data" ]; then data="$1"; elif [ -z "$outdir" ]; then outdir="$1"; else
          echo "device_check.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
@@ -59,6 +60,9 @@ else
   train_extra=(--variants eager,compile+triton,compile+triton+cudagraphs,compile --profile-steps 20)
   kbench_extra=()
 fi
+scale="${DEVICE_CHECK_TIME_SCALE:-1}"
+case "$scale" in ''|*[!0-9]*|0) echo "device_check.sh: DEVICE_CHECK_TIME_SCALE must be a whole number >= 1, got '$scale'" >&2; exit 2 ;; esac
+t_train=$(( t_train * scale )); t_tests=$(( t_tests * scale )); t_kbench=$(( t_kbench * scale ))
 PY="${PYTHON:-python3}"
 parallel=()
 "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)

@@ -24,6 +24,7 @@ def test_device_check_runs_every_stage_and_prints_the_summary_last(tmp_path):
     (shim / "python3").write_text("#!/bin/sh\necho 'not this python3' >&2\nexit 3\n")
     (shim / "python3").chmod(0o755)
     env = dict(os.environ, PYTHON=sys.executable, PATH=f"{shim}{os.pathsep}{os.environ['PATH']}",
+               DEVICE_CHECK_TIME_SCALE="20",       # plumbing, not timing: a busy CPU must not fail it
                DEVICE_CHECK_TRAIN_ARGS=f"--device cpu --base-width 8 --epochs 2 --profile-steps 2 --variants eager "
                                        f"--csv {tmp_path / 'train.csv'}",
                DEVICE_CHECK_TEST_ARGS="-k test_gelu_rejects")
