@@ -25,9 +25,10 @@
 # and a failing variant does not stop the other variants.
 # DEVICE_CHECK_TRAIN_ARGS (extra bench/train.py arguments, after the script's own:
 # they win) and DEVICE_CHECK_TEST_ARGS (extra pytest arguments) let a CPU dry run
-# exercise the plumbing with tiny sizes; DEVICE_CHECK_LIMIT_SCALE (a whole number,
-# default 1) multiplies every stage limit, so that a dry run on a busy machine is
-# not cut off.
+# exercise the plumbing with tiny sizes. PYTHON is the interpreter every stage runs
+# (default: python3 on PATH), e.g. PYTHON=.venv/bin/python for an unactivated
+# virtual environment. DEVICE_CHECK_TIME_SCALE (a whole number, default 1)
+# multiplies every stage limit: a CPU dry run on a busy machine is no timing test.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs="$2"; shift ;;
     --label) label="$2"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) if [ -z "$data" ]; then data="$1"; elif [ -z "$outdir" ]; then outdir="$1"; else
          echo "device_check.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
@@ -65,14 +66,18 @@ else
   record_extra+=(--profile-steps 20)
   kbench_extra=()
 fi
+scale="${DEVICE_CHECK_TIME_SCALE:-1}"
+case "$scale" in ''|*[!0-9]*|0) echo "device_check.sh: DEVICE_CHECK_TIME_SCALE must be a whole number >= 1, got '$scale'" >&2; exit 2 ;; esac
+t_train=$(( t_train * scale )); t_record=$(( t_record * scale )); t_tests=$(( t_tests * scale ))
+t_kbench=$(( t_kbench * scale ))
+PY="${PYTHON:-python3}"
 parallel=()
-python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
+"$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)
 export PYTHONUNBUFFERED=1
-PY=python3
 start=$(date +%s)
 stage_status=()
 run_stage() {  # name seconds log command...
-  local name=$1 limit=$(( $2 * ${DEVICE_CHECK_LIMIT_SCALE:-1} )) log=$3; shift 3
+  local name=$1 limit=$2 log=$3; shift 3
   local t0=$(date +%s)
   echo "== $name (limit ${limit}s) ==" | tee -a "$log"
   timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
@@ -85,16 +90,16 @@ run_stage() {  # name seconds log command...
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1
-  $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"
   git rev-parse HEAD 2>/dev/null || echo "no git"
 } > "$outdir/env_and_tests.log" 2>&1
 
 # 2. Whole-run benchmark with a profiled window per variant: the headline, first; then the record recipe.
 run_stage "bench/train.py" $t_train "$outdir/train.log" \
-  $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" --json "$outdir/train.json" \
+  "$PY" bench/train.py --data "$data" --data-label "$label" --runs "$runs" --json "$outdir/train.json" \
     --trace-dir "$outdir/traces" "${train_extra[@]}" ${DEVICE_CHECK_TRAIN_ARGS:-}
 run_stage "bench/train.py --recipe airbench94-muon" $t_record "$outdir/train.log" \
-  $PY bench/train.py --data "$data" --data-label "$label" --runs "$runs" \
+  "$PY" bench/train.py --data "$data" --data-label "$label" --runs "$runs" \
     --json "$outdir/train_airbench94-muon.json" --trace-dir "$outdir/traces" "${record_extra[@]}" \
     ${DEVICE_CHECK_TRAIN_ARGS:-}
 # The traces in one file (the device tool brings back 8 files of 16 MiB at most).
@@ -112,11 +117,11 @@ fi
 
 # 3. Kernel tests on CUDA (the same tests CI runs in the interpreter).
 run_stage "kernel tests (CUDA)" $t_tests "$outdir/env_and_tests.log" \
-  $PY -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/ -k "$test_select" ${DEVICE_CHECK_TEST_ARGS:-}
+  "$PY" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/ -k "$test_select" ${DEVICE_CHECK_TEST_ARGS:-}
 
 # 4. Kernel benchmark.
 run_stage "bench/kernels.py" $t_kbench "$outdir/kernels.log" \
-  $PY bench/kernels.py "${kbench_extra[@]}"
+  "$PY" bench/kernels.py "${kbench_extra[@]}"
 
 csvs=(); for f in train.csv kernels.csv; do [ -f "bench/results/$f" ] && csvs+=("$f"); done
 [ ${#csvs[@]} -gt 0 ] && tar -cf "$outdir/csv.tar" -C bench/results "${csvs[@]}"

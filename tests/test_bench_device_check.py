@@ -3,6 +3,7 @@ session runs in its one call must not fail on its own plumbing."""
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 
@@ -16,11 +17,17 @@ def test_device_check_runs_every_stage_and_prints_the_summary_last(tmp_path):
              train_labels=rng.integers(0, 10, 1024), test_images=rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8),
              test_labels=rng.integers(0, 10, 200))
     out = tmp_path / "out"
-    env = dict(os.environ,
+    # The script must run this interpreter (PYTHON), never whichever python3 is first on
+    # PATH: a python3 that only fails is put first there.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").write_text("#!/bin/sh\necho 'not this python3' >&2\nexit 3\n")
+    (shim / "python3").chmod(0o755)
+    env = dict(os.environ, PYTHON=sys.executable, PATH=f"{shim}{os.pathsep}{os.environ['PATH']}",
+               DEVICE_CHECK_TIME_SCALE="20",       # plumbing, not timing: a busy CPU must not fail it
                DEVICE_CHECK_TRAIN_ARGS=f"--device cpu --base-width 8 --epochs 2 --batch-size 256 --profile-steps 2 --variants eager "
                                        f"--csv {tmp_path / 'train.csv'}",
-               DEVICE_CHECK_TEST_ARGS="-k test_gelu_rejects",
-               DEVICE_CHECK_LIMIT_SCALE="10")       # the GPU's stage limits must not cut a busy CPU's dry run
+               DEVICE_CHECK_TEST_ARGS="-k test_gelu_rejects")
     proc = subprocess.run(["bash", "bench/device_check.sh", "--quick", "--label", "tiny test data", str(data), str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

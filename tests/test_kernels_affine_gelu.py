@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import kernels
-from kernels._testing import (DEVICE, DTYPES, _fresh_inputs_and_poison, check_against_eager,  # noqa: F401
-                              make)
+from kernel_checks import (DEVICE, DTYPES, poisoned_kernel_outputs, check_against_eager,  # noqa: F401
+                           make)
 
 SHAPES = [
     (2, 32, 31, 31), (2, 128, 15, 15), (2, 256, 7, 7), (2, 512, 3, 3),   # the network's maps

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import kernels
-from kernels._testing import (DEVICE, _fresh_inputs_and_poison, check_against_eager,  # noqa: F401
-                              make)
+from kernel_checks import (DEVICE, poisoned_kernel_outputs, check_against_eager,  # noqa: F401
+                           make)
 
 PROBE = Path(__file__).with_name("inductor_probe.py")
 

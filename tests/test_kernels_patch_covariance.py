@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels._testing import DEVICE, _fresh_inputs_and_poison  # noqa: F401
+from kernel_checks import DEVICE, poisoned_kernel_outputs  # noqa: F401
 
 # float32 accumulation against float64: relative (Frobenius) error of cov, absolute error
 # of mean. (The interpreter lands near 1e-6; an H200's tensor cores, whose float32

@@ -51,3 +51,21 @@ def test_filters_are_ordered_by_descending_eigenvalue():
     assert torch.all(eigenvalues[:-1] >= eigenvalues[1:])
     norms = filters.reshape(12, -1).norm(dim=1)
     torch.testing.assert_close(norms, 1 / torch.sqrt(eigenvalues + 0.01))
+
+
+def test_filters_of_a_covariance_with_known_eigenpairs():
+    """Against eigenpairs known by construction (no eigensolver in the reference):
+    covariance = Q diag(l) Q^T, Q orthogonal; filter i must be +-q_i / sqrt(l_i + eps) in
+    descending l, and a slightly negative l (rounding) counts as 0."""
+    generator = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.tensor([5.0, 3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, -1e-10], dtype=torch.float64)
+    order = torch.randperm(12, generator=generator)            # handed over in no particular order
+    covariance = q[:, order] @ torch.diag(eigenvalues[order]) @ q[:, order].T
+    eps = 0.01
+    filters, found = whitening_filters(covariance, 3, 2, eps)
+    torch.testing.assert_close(found, eigenvalues, rtol=0, atol=1e-12)
+    expected = q.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]   # row i: filter i, unfold order
+    rows = filters.reshape(12, 12)
+    signs = torch.sign((rows * expected).sum(1))                # an eigenvector's sign is arbitrary
+    torch.testing.assert_close(rows, signs[:, None] * expected, rtol=0, atol=1e-10)
