@@ -13,6 +13,15 @@ class BatchNorm(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
 
+def stage_outputs(stem_output: torch.Tensor, groups) -> list[torch.Tensor]:
+    """[stem output, output of each group in turn]: a network's features, for its head
+    (the last) and for shape checks (all)."""
+    outputs = [stem_output]
+    for group in groups:
+        outputs.append(group(outputs[-1]))
+    return outputs
+
+
 def on_device(make_network, device, dtype, keep_float32=()) -> nn.Module:
     """`make_network()` built directly on `device` (initialised from that device's random
     stream: on a GPU no host-side initialisation or copy), cast to `dtype` and channels_last.

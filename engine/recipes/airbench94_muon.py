@@ -24,7 +24,7 @@ from engine.checks import require_finite_non_negative, require_finite_positive, 
 from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.data import Augmentation
 from engine.evaluation import flip_averaged_logits, plain_logits
-from engine.layers import BatchNorm, on_device
+from engine.layers import BatchNorm, on_device, stage_outputs
 from engine.ops import Ops
 from engine.optim import Group
 from engine.whitening import patch_count, streamed_patch_statistics, uncentered_second_moment, whitening_filters
@@ -218,12 +218,8 @@ class Network(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of the stem and of each group (for shape checks)."""
-        x = self.ops.gelu(self.whiten(x))
-        outputs = [x]
-        for group in (self.group1, self.group2, self.group3):
-            x = group(x)
-            outputs.append(x)
-        return outputs
+        stem = self.ops.gelu(self.whiten(x))
+        return stage_outputs(stem, (self.group1, self.group2, self.group3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)[-1]
