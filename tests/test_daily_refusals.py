@@ -12,7 +12,7 @@ import torch
 
 import engine
 from engine import cli
-from engine.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.checks import require_synthetic_fits
 from engine.recipes.seed import Config
 from engine.data import CifarLoader, make_synthetic
