@@ -94,11 +94,11 @@ def format_summary(summary: dict, data_source: str, device_name: str, reported: 
 
 def _interval_line(summary: dict) -> str:
     if summary["ema_accuracy_ci95"] is None:
-        return ("  mean's 95% CI  and p(mean > 94%): none, they need 2 or more finished runs "
+        return ("  mean's 95% CI  and p-value for mean > 94%: none, they need 2 or more finished runs "
                 "(one run has no spread)")
     low, high = summary["ema_accuracy_ci95"]
     return (f"  mean's 95% CI  {100 * low:.2f}% .. {100 * high:.2f}% (t, {summary['runs'] - 1} df)"
-            f"  p(mean > 94%) {summary['p_value_mean_above_94']:.3g} (one-sided t-test)")
+            f"  p-value {summary['p_value_mean_above_94']:.3g} for mean > 94% (one-sided t-test: small supports it)")
 
 
 def git_commit(directory: str | None = None) -> str | None:

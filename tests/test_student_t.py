@@ -58,7 +58,7 @@ def test_summary_gives_the_means_interval_and_one_sided_p_value():
     low, high = summary["ema_accuracy_ci95"]
     assert low == pytest.approx(0.94, abs=1e-6) and high == pytest.approx(0.94 + 2 * d, abs=1e-6)
     text = format_summary(summary, "data", "cpu")
-    assert "95% CI  94.00% .. 94.45% (t, 9 df)" in text and "p(mean > 94%) 0.025" in text
+    assert "95% CI  94.00% .. 94.45% (t, 9 df)" in text and "p-value 0.025 for mean > 94% (one-sided t-test" in text
 
 
 def test_below_the_target_the_p_value_is_large():
