@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -57,12 +58,22 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def program_name(argv0: str) -> str:
+    """How the user started us, for messages: the installed command or run.py."""
+    return "cifar-speedrun" if os.path.basename(argv0) == "cifar-speedrun" else "run.py"
+
+
+def invocation(prog: str) -> str:
+    return "python run.py" if prog == "run.py" else prog
+
+
+def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    command = invocation(prog)
     p = argparse.ArgumentParser(
-        prog="run.py", description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10's by default, "
-                                   "or airbench94 with Muon.",
-        epilog="`python run.py evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
-               "--save. `python run.py convert SRC OUT.npz` writes any data source as one .npz. "
+        prog=prog, description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10's by default, "
+                               "or airbench94 with Muon.",
+        epilog=f"`{command} evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
+               f"--save. `{command} convert SRC OUT.npz` writes any data source as one .npz. "
                "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
                "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
     g = p.add_argument_group("data")
@@ -96,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", metavar="PATH",
                    help="write each run's reported network (the EMA network for the seed recipes) with its "
                         "recipe, config, data and accuracy (with "
-                        "--runs above 1, PATH gets -seedS before its extension); see `run.py evaluate`")
+                        f"--runs above 1, PATH gets -seedS before its extension); see `{prog} evaluate`")
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
@@ -172,21 +183,24 @@ def pointless_flags(args) -> list[str]:
     return problems
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
+    """`python run.py ...` and the `cifar-speedrun` command; `prog` names us in messages
+    (default: from how the process was started)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or program_name(sys.argv[0])
     try:      # a Session summarises its own interruptions: this one came before any run finished
         if argv[:1] == ["evaluate"]:
-            return evaluate_main(argv[1:])
+            return evaluate_main(argv[1:], prog)
         if argv[:1] == ["convert"]:
-            return convert_main(argv[1:])
-        return train_main(argv)
+            return convert_main(argv[1:], prog)
+        return train_main(argv, prog)
     except KeyboardInterrupt:
-        print("\nrun.py: interrupted before any result was ready", file=sys.stderr)
+        print(f"\n{prog}: interrupted before any result was ready", file=sys.stderr)
         return 130
 
 
-def train_main(argv: list) -> int:
-    parser = build_parser()
+def train_main(argv: list, prog: str = "run.py") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     for problem in pointless_flags(args):
         parser.error(problem)
@@ -242,7 +256,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     try:
         data = load_cifar10(args.data, args.download, synthetic_size, seed=args.seed)
     except DataError as error:
-        print(f"run.py: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     if args.download and world.main:
         barrier(world)
@@ -276,7 +290,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
         message = explain(error, config, args.compile)
         if message is None:
             raise
-        print(f"run.py: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 1
     if warmup_seconds:
         show.print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s "
@@ -297,14 +311,14 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     return session.run()
 
 
-def build_evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py evaluate",
-description="Reload a network saved with `run.py --save` and measure its test "
+def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} evaluate",
+                                description=f"Reload a network saved with `{prog} --save` and measure its test "
                                             "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
                                             "training.")
 
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a file written by run.py --save")
-    p.add_argument("--data", help="as run.py --data (default: the data the checkpoint was trained on)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=f"a file written by {prog} --save")
+    p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
     p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
     p.add_argument("--data-seed", type=int, help="for --data synthetic (default: as recorded)")
@@ -315,8 +329,8 @@ description="Reload a network saved with `run.py --save` and measure its test "
     return p
 
 
-def evaluate_main(argv) -> int:
-    parser = build_evaluate_parser()
+def evaluate_main(argv, prog: str = "run.py") -> int:
+    parser = build_evaluate_parser(prog)
     args = parser.parse_args(argv)
     device = resolve_device(parser, args.device)
     if args.json:            # before any work, and never over the checkpoint or the data
@@ -328,7 +342,7 @@ def evaluate_main(argv) -> int:
     try:
         model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None)
     except CheckpointError as error:
-        print(f"run.py evaluate: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     recorded = saved.get("data") or {}
     data_name = args.data or recorded.get("data")
@@ -349,7 +363,7 @@ def evaluate_main(argv) -> int:
     try:
         data = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
     except DataError as error:
-        print(f"run.py evaluate: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     config = saved["config"]
     accuracy = evaluate(model, data)
@@ -377,8 +391,8 @@ def evaluate_main(argv) -> int:
     return 0
 
 
-def build_convert_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py convert",
+def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} convert",
                                 description="Write a CIFAR-10 source as one .npz file (train_images, train_labels, "
                                             "test_images, test_labels, classes): the quickest to load and to copy.")
     p.add_argument("source", metavar="SRC", help="a torchvision CIFAR-10 root, an image folder "
@@ -388,12 +402,13 @@ def build_convert_parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert_main(argv) -> int:
-    args = build_convert_parser().parse_args(argv)
+def convert_main(argv, prog: str = "run.py") -> int:
+    parser = build_convert_parser(prog)
+    args = parser.parse_args(argv)
     try:
         data = convert(args.source, args.out, args.download)
     except DataError as error:
-        print(f"run.py convert: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {len(data.train_labels)} train and {len(data.test_labels)} test images "
           f"from {data.source}")
