@@ -25,6 +25,7 @@ from engine.evaluation import evaluate as evaluate_loader
 from engine.ops import make_ops
 from engine.progress import Progress
 from engine.recipes.seed import Config
+from engine.session import learned_nothing
 from engine.train import RunResult, Trainer
 
 
@@ -65,7 +66,8 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
       when present, else CPU + float32 + eager. compile: torch.compile (warm-up included).
       progress: print the per-epoch table (a bar in a terminal).
     The result holds `ema_model` (the reported network), `model`, `ema_accuracy`,
-    `accuracy`, `epochs` (per-epoch rows) and the seconds; `to_dict()` gives the figures.
+    `accuracy`, `epochs` (per-epoch rows), the seconds and `learned_nothing` (True when the
+    accuracy stayed at chance or the loss at its start); `to_dict()` gives the figures.
     Raises TrainingDiverged if the loss turns NaN or infinite; TypeError or ValueError,
     naming the argument, for an argument of the wrong kind.
     """
@@ -94,7 +96,11 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
         result = trainer.run(train, test, seed, on_epoch=shown.epoch, on_step=shown.step)
     finally:
         shown.close()
-    shown.end_run(f"final: EMA accuracy {100 * result.ema_accuracy:.2f}%, accuracy {100 * result.accuracy:.2f}%")
+    reason = learned_nothing(result.to_dict(), len(data.test_labels))
+    result.learned_nothing = reason is not None
+    network = f", accuracy {100 * result.accuracy:.2f}%" if config.has_ema else ""
+    shown.end_run(f"final: {config.reported_as} {100 * result.ema_accuracy:.2f}%{network}"
+                  + (f"; LEARNED NOTHING: {reason}" if reason else ""))
     return result
 
 

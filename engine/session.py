@@ -244,9 +244,9 @@ class Session:
                 self.keep(index, {"seed": seed, "status": "failed", "error": str(error), "step": error.step,
                                   "lr": error.lr, "epochs": error.epochs})
             return
+        reason = learned_nothing(result.to_dict(), len(self.test.labels))
+        result.learned_nothing = reason is not None
         record = result.to_dict()
-        reason = learned_nothing(record, len(self.test.labels))
-        record["learned_nothing"] = reason is not None
         with self._writing():
             if self.outputs.save:
                 self.save(result, record)

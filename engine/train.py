@@ -53,6 +53,7 @@ class RunResult:
     total_seconds: float = 0.0             # airbench convention: whitening + training + final TTA eval
     epochs: list = field(default_factory=list)
     status: str = "ok"                     # "ok" or "failed"
+    learned_nothing: bool = False          # accuracy at chance or loss stuck (engine.session.learned_nothing)
     error: str | None = None
     model: nn.Module | None = field(default=None, repr=False)      # the trained network
     ema_model: nn.Module | None = field(default=None, repr=False)  # the reported network (EMA copy)

@@ -274,6 +274,17 @@ def test_a_run_that_learned_nothing_is_flagged_in_its_row_and_the_summary(tmp_pa
     assert "LEARNED NOTHING in 2 run(s)" in printed
 
 
+@pytest.mark.parametrize("accuracy, flagged", [(0.1, True), (0.55, False)])
+def test_fit_flags_a_run_that_learned_nothing_in_its_result(monkeypatch, capsys, accuracy, flagged):
+    import engine
+    from engine.data import make_synthetic
+
+    monkeypatch.setattr(Trainer, "run", instant_runs(accuracy=accuracy))
+    result = engine.fit(TINY, make_synthetic(512, seed=0), device="cpu", progress=True)
+    assert result.learned_nothing is flagged and result.to_dict()["learned_nothing"] is flagged
+    assert ("LEARNED NOTHING: accuracy 10.00% is at chance" in capsys.readouterr().out) is flagged
+
+
 def test_summary_counts_runs_that_learned_nothing():
     runs = [{"status": "ok", "ema_accuracy": 0.9, "train_seconds": 1, "total_seconds": 2, "learned_nothing": False},
             {"status": "ok", "ema_accuracy": 0.1, "train_seconds": 1, "total_seconds": 2, "learned_nothing": True}]
