@@ -21,6 +21,7 @@ SEED_RANGE = (0, 2**64 - 1)          # what torch.manual_seed and numpy's genera
 # Peak bytes per synthetic training image (its fifth of test images included): on the host
 # while the images are generated (float64 temporaries; about 77 kB measured), on the device
 # for the normalised, padded and augmented copies of the loaders.
+SYNTHETIC_MIN_IMAGES = 10                     # one per class
 SYNTHETIC_HOST_BYTES_PER_IMAGE = 80_000
 SYNTHETIC_DEVICE_BYTES_PER_IMAGE = 60_000
 
@@ -157,6 +158,8 @@ def require_synthetic_fits(train_images: int, device: torch.device, host_bytes: 
     in the device's free memory). host_bytes/device_bytes: what is available (default: asked);
     name: how the message calls the size."""
     require_type(name, train_images, numbers.Integral, "an integer")
+    if train_images < SYNTHETIC_MIN_IMAGES:
+        raise ValueError(f"{name} must be at least {SYNTHETIC_MIN_IMAGES} (one image per class), got {train_images}")
     host_bytes = available_memory() if host_bytes is None else host_bytes
     if device_bytes is None and device.type == "cuda":
         device_bytes = torch.cuda.mem_get_info(device)[0]

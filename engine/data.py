@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checks import as_device, as_dtype, require_images, require_labels, require_type
+from engine.checks import SYNTHETIC_MIN_IMAGES, as_device, as_dtype, require_images, require_labels, require_type
 from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.outputs import atomic_write
 
@@ -253,8 +253,8 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
     colour tint and low-frequency pattern (both mirror-symmetric so flips keep
     the class), drawn over per-image noise. `train_size / 5` test images unless
     `test_size` is given."""
-    if train_size < 10:
-        raise DataError(f"--synthetic-size must be at least 10, got {train_size}")
+    if train_size < SYNTHETIC_MIN_IMAGES:
+        raise DataError(f"--synthetic-size must be at least {SYNTHETIC_MIN_IMAGES}, got {train_size}")
     rng = np.random.default_rng(seed)
     coarse = rng.normal(size=(NUM_CLASSES, 3, 4, 4))
     coarse = coarse + coarse[..., ::-1]                       # symmetric left-right

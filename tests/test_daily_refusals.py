@@ -107,9 +107,12 @@ def test_fit_names_the_bad_argument(tiny_data, kwargs, error, message):
         engine.fit(**arguments)
 
 
-def test_fit_refuses_synthetic_data_too_big_for_memory():
-    with pytest.raises(ValueError, match="synthetic_size 1000000000000 needs about"):
-        engine.fit(TINY, "synthetic", synthetic_size=10**12, device="cpu")
+@pytest.mark.parametrize("size, message", [(10**12, "synthetic_size 1000000000000 needs about"),
+                                           (-1, "synthetic_size must be at least 10"),
+                                           (2.5, "synthetic_size must be an integer")])
+def test_fit_refuses_a_synthetic_size_that_cannot_work(size, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        engine.fit(TINY, "synthetic", synthetic_size=size, device="cpu")
 
 
 def test_evaluate_trainer_and_loader_name_the_bad_argument(tiny_data):
