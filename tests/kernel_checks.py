@@ -3,7 +3,8 @@
 Tolerances, written down once:
   TOL[dtype] = (atol, rtol) for elementwise outputs, Triton against the eager twin.
   REDUCE_TOL[dtype] = bound on ||a - b|| / ||b|| for reduced outputs (per-channel or
-      per-sample sums, weight gradients), whose elements can cancel to near zero.
+      per-sample sums, weight gradients), whose elements can cancel to near zero
+      (float32; in half precision a reduced output is judged against float64 alone).
   HALF_FACTOR: in float16 / bfloat16 the Triton result's error against a float64
       reference may be at most HALF_FACTOR x the eager twin's own error (+ HALF_FLOOR).
   U32: float32's unit roundoff. Where a test derives what float32 can promise for an
@@ -25,11 +26,7 @@ TOL = {
     torch.float16: (5e-3, 5e-3),
     torch.bfloat16: (4e-2, 4e-2),
 }
-REDUCE_TOL = {
-    torch.float32: 1e-5,
-    torch.float16: 5e-3,
-    torch.bfloat16: 4e-2,
-}
+REDUCE_TOL = {torch.float32: 1e-5}
 HALF_FACTOR = 2.0
 HALF_FLOOR = 1e-6
 U32 = 2.0 ** -24
@@ -80,11 +77,11 @@ def assert_elementwise(a, b, dtype, what):
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-def assert_reduced(a, b, dtype, what, floor=0.0):
-    """Relative norm error within REDUCE_TOL[dtype] (or `floor` if larger)."""
+def assert_reduced(a, b, dtype, what):
+    """Relative norm error within REDUCE_TOL[dtype]."""
     assert_finite(a, what)
     assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-    err, tol = rel_err(a, b), max(REDUCE_TOL[dtype], floor)
+    err, tol = rel_err(a, b), REDUCE_TOL[dtype]
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
 
 
@@ -125,9 +122,11 @@ def check_against_eager(fn, twin, inputs, grad_out, dtype, reduced=(), what="", 
     reduced: positions (0 = output, 1.. = gradients in input order) compared by
     relative norm instead of elementwise. In half precision each result is also
     compared with `twin` (the eager twin) run on float64 copies: Triton's error may be
-    at most HALF_FACTOR x eager's own. There, a reduced result's distance to eager may
-    also reach HALF_FACTOR x eager's own error (eager rounds after every step, and
-    sums such as dh = dz2 @ w2 cancel, so eager alone can be off by several percent).
+    at most HALF_FACTOR x eager's own. That is the only test of a reduced result in
+    half precision: eager rounds after every step, and sums such as dh = dz2 @ w2
+    cancel, so eager alone can be off by more than 100% (squeeze_excite (1, 20, 1, 1, 1)
+    in bfloat16, seed 4228798277), and Triton's distance to such a result says nothing
+    that its distance to float64 does not (it is at most their two errors' sum).
     float32_bounds: for float32, a function of the float64 inputs and grad_out giving,
     for every result, E >= 0 of its shape such that any float32 evaluation lies within
     U32 x E of the exact value; then both backends are checked against float64 within
@@ -138,20 +137,19 @@ def check_against_eager(fn, twin, inputs, grad_out, dtype, reduced=(), what="", 
     results_t, results_e = [out_t] + grads_t, [out_e] + grads_e
     names = ["output"] + [f"grad of input {i}" for i in range(len(grads_t))]
     derived = dtype == torch.float32 and float32_bounds is not None
-    eager_err = [0.0] * len(results_t)
     if dtype != torch.float32:
         out_r, grads_r = run(twin, as_f64(inputs), grad_out.double())
-        for i, (a, b, r, name) in enumerate(zip(results_t, results_e, [out_r] + grads_r, names)):
+        for a, b, r, name in zip(results_t, results_e, [out_r] + grads_r, names):
             assert_finite(a, f"{what} {name}")
             assert_half_precision(a, b, r, f"{what} {name}")
-            eager_err[i] = HALF_FACTOR * rel_err(b, r)
     for i, (a, b, name) in enumerate(zip(results_t, results_e, names)):
         assert a.dtype == b.dtype, f"{what} {name}: dtype {a.dtype} vs eager {b.dtype}"
         assert a.shape == b.shape, f"{what} {name}: shape {tuple(a.shape)} vs eager {tuple(b.shape)}"
         if derived:
             continue
         if i in reduced:
-            assert_reduced(a, b, dtype, f"{what} {name}", floor=eager_err[i])
+            if dtype == torch.float32:
+                assert_reduced(a, b, dtype, f"{what} {name}")
         else:
             assert_elementwise(a, b, dtype, f"{what} {name}")
     if derived:
