@@ -25,7 +25,7 @@ from engine.evaluation import evaluate as evaluate_loader
 from engine.ops import make_ops
 from engine.progress import Progress
 from engine.recipes.seed import Config
-from engine.session import learned_nothing
+from engine.session import final_line, flag_learned_nothing
 from engine.train import RunResult, Trainer
 
 
@@ -96,11 +96,7 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
         result = trainer.run(train, test, seed, on_epoch=shown.epoch, on_step=shown.step)
     finally:
         shown.close()
-    reason = learned_nothing(result.to_dict(), len(data.test_labels))
-    result.learned_nothing = reason is not None
-    network = f", accuracy {100 * result.accuracy:.2f}%" if config.has_ema else ""
-    shown.end_run(f"final: {config.reported_as} {100 * result.ema_accuracy:.2f}%{network}"
-                  + (f"; LEARNED NOTHING: {reason}" if reason else ""))
+    shown.end_run(final_line(result, config, flag_learned_nothing(result, len(data.test_labels))))
     return result
 
 

@@ -77,6 +77,22 @@ def learned_nothing(run: dict, test_images: int, num_classes: int = NUM_CLASSES)
     return None
 
 
+def flag_learned_nothing(result, test_images: int) -> str | None:
+    """Set a finished run's `learned_nothing` (a RunResult) and return why, or None."""
+    reason = learned_nothing(result.to_dict(), test_images)
+    result.learned_nothing = reason is not None
+    return reason
+
+
+def final_line(result, config, reason: str | None) -> str:
+    """A finished run's closing line: what its recipe reports, the network's accuracy when
+    that is an EMA copy's, the seconds, and why it learned nothing (reason) if it did not."""
+    network = f", accuracy {100 * result.accuracy:.2f}%" if config.has_ema else ""
+    return (f"final: {config.reported_as} {100 * result.ema_accuracy:.2f}%{network}, "
+            f"{result.train_seconds:.3f} s training, {result.total_seconds:.3f} s in all"
+            + (f"; LEARNED NOTHING: {reason}" if reason else ""))
+
+
 @dataclass(frozen=True)
 class Outputs:
     """The files a session writes; None: not written."""
@@ -244,17 +260,13 @@ class Session:
                 self.keep(index, {"seed": seed, "status": "failed", "error": str(error), "step": error.step,
                                   "lr": error.lr, "epochs": error.epochs})
             return
-        reason = learned_nothing(result.to_dict(), len(self.test.labels))
-        result.learned_nothing = reason is not None
+        reason = flag_learned_nothing(result, len(self.test.labels))
         record = result.to_dict()
         with self._writing():
             if self.outputs.save:
                 self.save(result, record)
             self.keep(index, record)
-            network = f", accuracy {100 * result.accuracy:.2f}%" if self.config.has_ema else ""
-            self.show.end_run(f"final: {self.config.reported_as} {100 * result.ema_accuracy:.2f}%{network}, "
-                              f"{result.train_seconds:.3f} s training, "
-                              f"{result.total_seconds:.3f} s in all" + (f"; LEARNED NOTHING: {reason}" if reason else ""))
+            self.show.end_run(final_line(result, self.config, reason))
 
     def save(self, result, record: dict):
         """Write the run's checkpoint, rescued elsewhere if need be; the record says where."""
