@@ -81,6 +81,19 @@ def require_fraction(name: str, value: float):
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
+def require_unit_interval(name: str, value: float):
+    """A number in [0, 1] (BatchNorm momentum)."""
+    require_finite(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def require_reflect_pad(pad: int, image_size: int):
+    """Reflect padding needs a pad smaller than the image."""
+    if pad >= image_size:
+        raise ValueError(f"pad ({pad}) must be smaller than the image ({image_size}) for reflect padding")
+
+
 def require_field_types(config):
     """Every int, float and bool field of the dataclass `config` holds a value of that kind
     (an int is fine for a float); TypeError naming the field otherwise."""

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checks import require_finite_non_negative, require_finite_positive, require_fraction
+from engine.checks import (require_finite_non_negative, require_finite_positive, require_fraction,
+                           require_reflect_pad, require_unit_interval)
 from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.data import Augmentation
 from engine.evaluation import flip_averaged_logits, plain_logits
@@ -77,10 +78,8 @@ class Config(RecipeConfig):
             require_finite_non_negative(name, getattr(self, name))
         for name in ("label_smoothing", "sgd_momentum", "muon_momentum"):
             require_fraction(name, getattr(self, name))
-        if not 0.0 <= self.bn_momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
-        if self.pad >= IMAGE_SIZE:
-            raise ValueError(f"pad ({self.pad}) must be smaller than the image ({IMAGE_SIZE}) for reflect padding")
+        require_unit_interval("bn_momentum", self.bn_momentum)
+        require_reflect_pad(self.pad, IMAGE_SIZE)
         if self.bias_lr == 0 or self.head_lr == 0:
             raise ValueError("bias_lr and head_lr must be positive: each group's weight decay is divided by them")
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checks import require_finite_non_negative, require_finite_positive, require_fraction
+from engine.checks import (require_finite_non_negative, require_finite_positive, require_fraction,
+                           require_reflect_pad, require_unit_interval)
 from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.data import Augmentation
 from engine.evaluation import flip_averaged_logits, plain_logits
@@ -89,13 +90,11 @@ class Config(RecipeConfig):
             raise ValueError(f"ema_epochs ({self.ema_epochs}) must be smaller than epochs ({self.epochs})")
         if self.base_width % 2:
             raise ValueError(f"base_width must be even, got {self.base_width}")
-        if not 0.0 <= self.bn_momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        require_unit_interval("bn_momentum", self.bn_momentum)
+        require_reflect_pad(self.pad, IMAGE_SIZE)
         if self.cutout > IMAGE_SIZE:
             raise ValueError(f"cutout ({self.cutout}) is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image; "
                              f"use at most {IMAGE_SIZE} (0 turns it off)")
-        if self.pad >= IMAGE_SIZE:
-            raise ValueError(f"pad ({self.pad}) must be smaller than the image ({IMAGE_SIZE}) for reflect padding")
 
     @classmethod
     def from_overrides(cls, **fields) -> "Config":
@@ -123,7 +122,8 @@ class Config(RecipeConfig):
 
     @property
     def ema_start_step(self) -> int:
-        return (self.epochs - self.ema_epochs) * self.steps_per_epoch
+        """The EMA starts where the schedule stops."""
+        return self.scheduled_steps
 
     @property
     def ema_step_decay(self) -> float:
