@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from engine.checks import SYNTHETIC_MIN_IMAGES, as_device, as_dtype, require_images, require_labels, require_type
 from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
-from engine.outputs import atomic_write
+from engine.outputs import OutputError, atomic_write, check_output_path
 
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 CONVERT_HINT = ("`python run.py convert SRC OUT.npz` writes one from a torchvision CIFAR-10 root "
@@ -181,13 +181,10 @@ def convert(source, out, download: bool = False) -> Cifar10:
     if source == "synthetic":
         raise DataError("'synthetic' is generated on every run from --synthetic-size and --seed; "
                         "there is nothing to convert. Pass a torchvision root, an image folder or an .npz.")
-    folder = os.path.dirname(os.path.abspath(out))
     try:                                       # before the (possibly long) loading
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the folder of {out}: {error.strerror or error}.") from None
-    if not os.access(folder, os.W_OK):
-        raise DataError(f"cannot write in {folder}; choose another place for {out}.")
+        check_output_path("OUT", out)
+    except OutputError as error:
+        raise DataError(str(error)) from None
     data = load_cifar10(source, download)
     arrays = {"train_images": data.train_images, "train_labels": data.train_labels,
               "test_images": data.test_images, "test_labels": data.test_labels}

@@ -152,8 +152,7 @@ def write_cache(places: list, arrays: dict):
     errors = []
     for path in places:
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            save_npz(path, arrays)
+            save_npz(path, arrays)                 # creates the folder
             return
         except OSError as error:
             errors.append(f"{path}: {error.strerror or error}")
