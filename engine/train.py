@@ -323,14 +323,17 @@ class Trainer:
             if last or evaluate_every_epoch:
                 val_accuracy = (result.ema_accuracy if last and not ema_started and diagnostic_views is final_views
                                 else self.evaluate(model, test, diagnostic_views))
+            ema_val_accuracy = None
+            if last and ema_started:
+                ema_val_accuracy = result.ema_accuracy
+            elif ema_started and evaluate_every_epoch:
+                ema_val_accuracy = self.evaluate(ema.model, test, diagnostic_views)
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "train_accuracy": correct.item() / samples,
                 "val_accuracy": val_accuracy,
-                "ema_val_accuracy": (result.ema_accuracy if last and ema_started else
-                                     self.evaluate(ema.model, test, diagnostic_views)
-                                     if ema_started and evaluate_every_epoch else None),
+                "ema_val_accuracy": ema_val_accuracy,
                 "seconds": epoch_timer.seconds,
             }
             result.epochs.append(row)
