@@ -324,19 +324,3 @@ def test_a_run_reports_the_six_view_accuracy_and_plain_per_epoch_accuracies():
     assert result.epochs[-1]["val_accuracy"] == evaluate(result.model, test, plain_logits)
     assert all(row["ema_val_accuracy"] is None for row in result.epochs)
     assert result.ema_model is result.model and trainer.kept[1] is None        # no EMA network
-
-
-def test_the_seed_recipe_is_unchanged_by_the_recipe_refactor():
-    """A tiny seed-recipe run, fingerprinted before the recipes were split apart (bit-identical
-    on the machine that moved them). Stored to 1e-6 so that other CPUs' summation orders pass,
-    while any change to the recipe's arithmetic does not."""
-    from engine.api import fit
-    from engine.recipes.seed import Config as SeedConfig
-    data = make_synthetic(512, seed=5, test_size=200)
-    config = SeedConfig(base_width=8, train_images=512, batch_size=128, test_batch_size=100, epochs=3,
-                        ema_epochs=1, cutout=6)
-    result = fit(config, data, seed=1, device="cpu")
-    losses = [row["train_loss"] for row in result.epochs]
-    assert losses == pytest.approx([2.240394353866577, 1.997206449508667, 1.8883130550384521], rel=1e-6)
-    assert [row["train_accuracy"] for row in result.epochs] == [0.21875, 0.568359375, 0.654296875]
-    assert (result.accuracy, result.ema_accuracy) == (0.61, 0.605)
