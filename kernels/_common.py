@@ -4,6 +4,7 @@ checks, output allocation, launch sizes and the GELU math used inside several ke
 Nothing here launches a kernel. Each operation's file holds its own kernels,
 launch wrapper, autograd and `torch.library` registration.
 """
+import inspect
 import os
 from contextlib import contextmanager
 from typing import Callable
@@ -25,6 +26,32 @@ LIB = "cifar_speedrun"
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _squeeze_interpreter_loop_bounds():
+    """triton 3.6's interpreter reads a loop bound given at run time (`range(n)` over a kernel
+    argument) with int() on a one-element NumPy array, which NumPy 2.4 and later refuse
+    ("only 0-dimensional arrays can be converted to Python scalars"); triton 3.8 squeezes
+    the array first. Where the installed interpreter still does it the old way, its tensor
+    patching is wrapped so that the bound is squeezed too. Newer triton and GPUs: no change."""
+    from triton.runtime import interpreter
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    try:
+        old_way = patch_tensor is not None and "int(self.handle.data)" in inspect.getsource(patch_tensor)
+    except (OSError, TypeError):            # no source to read: leave the interpreter as it is
+        old_way = False
+    if not old_way:
+        return
+
+    def patch_tensor_squeezing_bounds(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patch_tensor_squeezing_bounds
+
+
+if interpreting():
+    _squeeze_interpreter_loop_bounds()
 
 
 def default_backend(tensor: torch.Tensor) -> str:
@@ -51,7 +78,7 @@ def resolve_backend(backend, tensor: torch.Tensor) -> str:
 # --------------------------------------------------------------------------- registration
 def register_op(name: str, fake: Callable):
     """Decorator: registers a launch function (typed tensors in, new tensors out, every
-    kernel launched as `wrap_triton(kernel)[grid](...)`) as the operator `cifar_speedrun::name`.
+    kernel launched as `launcher(kernel)[grid](...)`) as the operator `cifar_speedrun::name`.
 
     On GPUs it becomes a `torch.library.triton_op`: torch.compile traces through it and
     Inductor launches the kernels from its own generated code, with no Python dispatch per
@@ -69,6 +96,16 @@ def register_op(name: str, fake: Callable):
             return op
         return torch.library.triton_op(qualified, launch, mutates_args=())
     return register
+
+
+def launcher(kernel):
+    """What a launch function calls as `launcher(kernel)[grid](...)`: on GPUs
+    `wrap_triton(kernel)`, so that a triton_op traced by torch.compile records the launch;
+    in the interpreter the kernel itself, since its launch function is an opaque custom_op
+    that is never traced (and torch 2.11's wrap_triton refuses the interpreter's kernels)."""
+    if interpreting():
+        return kernel
+    return torch.library.wrap_triton(kernel)
 
 
 # --------------------------------------------------------------------------- checks

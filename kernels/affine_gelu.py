@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common as cm
 from ._common import cast_to, gelu_f32, gelu_grad_f32
@@ -159,7 +158,7 @@ def _forward(x, scale, shift, residual):
         residual = cm.same_layout(residual, x)
     block_r, block_l = _tile(L, 1024, FWD_TILE)
     grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-    wrap_triton(_fwd_kernel)[grid](x, residual if residual is not None else x, scale, shift, y, R, L, x.shape[1],
+    cm.launcher(_fwd_kernel)[grid](x, residual if residual is not None else x, scale, shift, y, R, L, x.shape[1],
                                    CHANNELS_LAST=cl, HAS_RES=residual is not None,
                                    BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
     return y
@@ -182,18 +181,18 @@ def _backward(dy, x, scale, shift):
         P = cm.persistent_programs(triton.cdiv(R, block_m), x.device, per_sm=max(1, BWD_PER_SM // cblocks))
         pscale = cm.empty((P, c), torch.float32, x.device)
         pshift = cm.empty((P, c), torch.float32, x.device)
-        wrap_triton(_bwd_cl_kernel)[(P, cblocks)](x, dy, scale, shift, dx, pscale, pshift, R, c,
+        cm.launcher(_bwd_cl_kernel)[(P, cblocks)](x, dy, scale, shift, dx, pscale, pshift, R, c,
                                                   BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
     else:
         block_r, block_l = _tile(L, 512, BWD_TILE)
         P = n
         pscale = cm.empty((n, c), torch.float32, x.device)
         pshift = cm.empty((n, c), torch.float32, x.device)
-        wrap_triton(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx, pscale, pshift, R, L, c,
+        cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx, pscale, pshift, R, L, c,
                                                                  BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
     block_c = min(cm.next_pow2(c), 64)
     block_p = max(1, min(cm.next_pow2(P), SUM_TILE // block_c))
-    wrap_triton(_sum_rows_kernel)[(triton.cdiv(c, block_c),)](pscale, pshift, dscale, dshift, P, c,
+    cm.launcher(_sum_rows_kernel)[(triton.cdiv(c, block_c),)](pscale, pshift, dscale, dshift, P, c,
                                                                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
     return dx, dscale, dshift
 

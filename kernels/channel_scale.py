@@ -11,7 +11,6 @@ Layouts (x is (N, C, H, W), S = H*W):
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common as cm
 from ._common import cast_to
@@ -89,7 +88,7 @@ def _forward(x, s):
     block_l = min(cm.next_pow2(L), 1024)
     block_r = max(1, FWD_TILE // block_l)
     grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-    wrap_triton(_fwd_kernel)[grid](x, s, y, R, L, h * w, CHANNELS_LAST=cl,
+    cm.launcher(_fwd_kernel)[grid](x, s, y, R, L, h * w, CHANNELS_LAST=cl,
                                    BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
     return y
 
@@ -105,12 +104,12 @@ def _backward(dy, x, s):
     if cm.layout_4d("x", x):
         block_c = min(cm.next_pow2(c), 256)
         block_s = max(1, min(cm.next_pow2(S), BWD_TILE // block_c))
-        wrap_triton(_bwd_cl_kernel)[(n, triton.cdiv(c, block_c))](x, s, dy, dx, ds, c, S,
+        cm.launcher(_bwd_cl_kernel)[(n, triton.cdiv(c, block_c))](x, s, dy, dx, ds, c, S,
                                                                  BLOCK_S=block_s, BLOCK_C=block_c, num_warps=BWD_WARPS)
     else:
         block_s = min(cm.next_pow2(S), 1024)
         block_r = max(1, BWD_TILE // block_s)
-        wrap_triton(_bwd_nchw_kernel)[(triton.cdiv(n * c, block_r),)](
+        cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(n * c, block_r),)](
             x, s, dy, dx, ds, n * c, S, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=BWD_WARPS)
     return dx, ds
 

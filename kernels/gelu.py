@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common as cm
 from ._common import cast_to, gelu_f32, gelu_grad_f32
@@ -45,7 +44,7 @@ def _gelu_op(x: torch.Tensor) -> torch.Tensor:
     y = cm.empty_like(x)
     n = x.numel()
     if n:
-        wrap_triton(_gelu_fwd_kernel)[(triton.cdiv(n, BLOCK),)](x, y, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        cm.launcher(_gelu_fwd_kernel)[(triton.cdiv(n, BLOCK),)](x, y, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return y
 
 
@@ -59,7 +58,7 @@ def _gelu_backward_op(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dx = cm.empty_like(x)
     n = x.numel()
     if n:
-        wrap_triton(_gelu_bwd_kernel)[(triton.cdiv(n, BLOCK),)](x, dy, dx, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        cm.launcher(_gelu_bwd_kernel)[(triton.cdiv(n, BLOCK),)](x, dy, dx, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return dx
 
 

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common as cm
 
@@ -121,7 +120,7 @@ def _forward(images, k):
     progs = cm.persistent_programs(triton.cdiv(count, block_p), images.device, per_sm=max(1, PER_SM // (td * td)))
     s1 = cm.empty((progs, dp), torch.float32, images.device)
     s2 = cm.empty((progs, dp, dp), torch.float32, images.device)
-    wrap_triton(_patch_moments_kernel)[(progs, td, td)](
+    cm.launcher(_patch_moments_kernel)[(progs, td, td)](
         images, s1, s2, n, ho, wo, d, *images.stride(),
         K=k, BLOCK_P=block_p, BLOCK_D=block_d, ONE_TILE=td == 1, DOT_F32=dot_f32,
         num_warps=warps)

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common as cm
 from ._common import cast_to, gelu_f32, gelu_grad_f32
@@ -212,7 +211,7 @@ def _forward(r, w1, b1, w2, b2):
         return s, m
     cl = cm.layout_4d("r", r)
     bn, bs, bc, bh = _blocks(r, ch, w1.element_size())
-    wrap_triton(_fwd_kernel)[(triton.cdiv(n, bn),)](r, w1, b1, w2, b2, s, m, n, c, h * w, ch, CHANNELS_LAST=cl,
+    cm.launcher(_fwd_kernel)[(triton.cdiv(n, bn),)](r, w1, b1, w2, b2, s, m, n, c, h * w, ch, CHANNELS_LAST=cl,
                                                     BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc, BLOCK_H=bh,
                                                     num_warps=NUM_WARPS)
     return s, m
@@ -229,7 +228,7 @@ def _backward(ds, r, m, w1, b1, w2, b2):
     if n:
         cl = cm.layout_4d("r", r)
         bn, bs, bc, bh = _blocks(r, ch, w1.element_size())
-        wrap_triton(_bwd_kernel)[(triton.cdiv(n, bn),)](ds, m, w1, b1, w2, b2, dr, dz2, dz1, hid, n, c, h * w, ch,
+        cm.launcher(_bwd_kernel)[(triton.cdiv(n, bn),)](ds, m, w1, b1, w2, b2, dr, dz2, dz1, hid, n, c, h * w, ch,
                                                         CHANNELS_LAST=cl, BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc,
                                                         BLOCK_H=bh, num_warps=NUM_WARPS)
     dw1, db1 = cm.empty(tuple(w1.shape), w1.dtype, r.device), cm.empty(tuple(b1.shape), b1.dtype, r.device)
@@ -244,7 +243,7 @@ def _backward(ds, r, m, w1, b1, w2, b2):
     bh = max(16, cm.next_pow2(ch))
     bc = max(16, min(64, cm.next_pow2(c), cm.prev_pow2(max(1, 4096 // bh))))
     small = bh <= 32
-    wrap_triton(_wgrad_kernel)[(triton.cdiv(c, bc),)](dz2, hid, dz1, m, dw1, db1, dw2, db2, n, c, ch,
+    cm.launcher(_wgrad_kernel)[(triton.cdiv(c, bc),)](dz2, hid, dz1, m, dw1, db1, dw2, db2, n, c, ch,
                                                       BLOCK_K=64 if small else 16, BLOCK_C=bc, BLOCK_H=bh,
                                                       num_warps=4 if bh <= 64 else 8, num_stages=3 if small else 1)
     return dr, dw1, db1, dw2, db2
