@@ -1,0 +1,138 @@
+"""Every number of every recipe reaches the arithmetic, and every command-line override
+reaches its number.
+
+For each field of each recipe's Config, a tiny run (whitening, training, the EMA or the
+recipe's last phase, the final evaluation: every part the numbers control) is repeated
+with that field changed alone; the run's losses, accuracies and final weights must
+change. Runs in one process on one CPU are bit-for-bit repeatable (the baseline is run
+twice to show it), so "changed at all" is a verdict that holds on every CPU and thread
+count. A number that stops reaching its arithmetic (a loss reading the class default
+instead of the run's value, a flag that is parsed and dropped) leaves the run
+bit-identical and fails here, named. tests/test_seed_recipe_reference.py checks the
+seed recipe's arithmetic itself against an independent float64 computation.
+"""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from engine.cli import OVERRIDES, build_parser, recipe_config
+from engine.data import make_synthetic
+from engine.api import fit
+from engine.recipes import RECIPES
+
+# The smallest runs that still have every phase: 4 steps an epoch, 3 epochs.
+TINY = dict(base_width=4, train_images=128, batch_size=32, test_batch_size=64, epochs=3,
+            ema_epochs=1, whiten_images=64, whiten_bias_epochs=1)
+# Fields that bound memory or batching only, and do not change what is computed.
+NOT_ARITHMETIC = {"whiten_chunk", "test_batch_size"}
+# Changes that a plain halving would not make visible (e.g. an epsilon far below the
+# variances it is added to), or that need a value of their own kind.
+CHANGED = {"bn_eps": 0.5, "initial_lr_ratio": 0.5, "cutout": 6, "ema_epochs": 2, "whiten_images": 32,
+           "whiten_bias_epochs": 2, "whiten_kernel": 3, "base_width": 6,
+           # The loss scale only moves rounding (it is divided out again): a power of two
+           # would not even do that, 0.1 does.
+           "loss_scale": 0.1}
+RECIPE_CLASSES = {cls: name for name, (cls, _) in reversed(list(RECIPES.items()))}   # first name each
+
+
+def tiny(cls):
+    return cls.from_overrides(**{k: v for k, v in TINY.items() if k in cls.field_names()})
+
+
+def changed_value(name, value):
+    if name in CHANGED:
+        return CHANGED[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, tuple):
+        return tuple(0.5 * v for v in value)
+    if isinstance(value, int):
+        return value + 1
+    return 0.5 * value if value else 0.1
+
+
+def cases():
+    for cls, name in RECIPE_CLASSES.items():
+        for field in dataclasses.fields(cls):
+            if field.name not in NOT_ARITHMETIC:
+                yield pytest.param(cls, field.name, id=f"{name}-{field.name}")
+
+
+def fingerprint(config):
+    data = make_synthetic(config.train_images, seed=7, test_size=64)
+    result = fit(config, data, seed=3, device="cpu", dtype=torch.float32, kernels="eager")
+    figures = [(row["train_loss"], row["train_accuracy"], row["val_accuracy"], row["ema_val_accuracy"])
+               for row in result.epochs] + [(result.accuracy, result.ema_accuracy)]
+    weights = {k: v.clone() for k, v in result.model.state_dict().items()}
+    weights.update({"ema." + k: v.clone() for k, v in result.ema_model.state_dict().items()})
+    return figures, weights
+
+
+def same(a, b) -> bool:
+    (figures_a, weights_a), (figures_b, weights_b) = a, b
+    return figures_a == figures_b and weights_a.keys() == weights_b.keys() and all(
+        weights_a[k].shape == weights_b[k].shape and torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+BASELINES = {}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two that wait on each other (and the verdict
+    does not depend on it: both runs of a comparison use the same count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def baseline(cls):
+    if cls not in BASELINES:
+        BASELINES[cls] = fingerprint(tiny(cls))
+    return BASELINES[cls]
+
+
+@pytest.mark.parametrize("cls", RECIPE_CLASSES, ids=RECIPE_CLASSES.values())
+def test_a_tiny_run_repeats_bit_for_bit(cls):
+    assert same(baseline(cls), fingerprint(tiny(cls)))
+
+
+@pytest.mark.parametrize("cls, name", cases())
+def test_the_number_reaches_the_run(cls, name):
+    config = tiny(cls)
+    value = changed_value(name, getattr(config, name))
+    changed = config.replace(**{name: value})
+    assert getattr(changed, name) == value
+    assert not same(baseline(cls), fingerprint(changed)), f"{name} = {value!r} left the run bit-identical"
+
+
+def override_value(field, kind, default):
+    if kind == float:
+        return 0.5 * default if default else 0.1
+    return default + 2 if field == "base_width" else default + 1          # base widths are even
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_override_the_recipe_takes_reaches_its_field(recipe):
+    """Each option of OVERRIDES that the recipe has, given a value away from the recipe's,
+    arrives in the run's Config as that value (and nothing else moves but what the recipe
+    derives from it)."""
+    cls, preset = RECIPES[recipe]
+    default = cls.from_overrides(train_images=50_000, **preset)
+    tried = 0
+    for option, (field, kind, _) in OVERRIDES.items():
+        if field not in cls.field_names():
+            continue
+        value = override_value(field, kind, getattr(default, field))
+        if field == "ema_epochs":
+            value = max(1, min(value, default.epochs - 1))
+        if field == "ema_epochs" and value == default.ema_epochs:
+            value = default.ema_epochs - 1
+        args = build_parser().parse_args(["--recipe", recipe, option, str(value)])
+        config = recipe_config(args, 50_000)
+        assert getattr(config, field) == pytest.approx(value) and not math.isnan(getattr(config, field)), option
+        tried += 1
+    assert tried >= 4
