@@ -168,7 +168,7 @@ csvs=(); for f in train.csv kernels.csv; do [ -f "bench/results/$f" ] && csvs+=(
   printf '%s\n' "${stage_status[@]}"
   echo "--- bench/train.py, one row per finished variant (details: train.log, train*.json, traces.tar, csv.tar) ---"
   grep -E "^row " "$outdir/train.log"
-  grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log"
+  grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log" | awk '!seen[$0]++'
   for recipe in seed airbench94-muon; do
     grep -q "^bench/train.py on .*recipe: $recipe," "$outdir/train.log" ||
       echo "(recipe $recipe: its stage ended before its final table; the rows above are what it finished)"

@@ -35,6 +35,7 @@ import argparse
 import csv
 import gc
 import os
+import signal
 import sys
 import time
 import traceback
@@ -62,6 +63,9 @@ VARIANTS = {                      # name: (compile, kernels, compile mode; None:
     "compile+triton+cudagraphs": (True, "triton", "reduce-overhead"),
 }
 DEFAULT_VARIANTS = ("eager", "compile", "compile+triton")
+# For dry runs of bench/device_check.sh: after this many variants (the env value, a whole
+# number) the process kills itself (SIGKILL), as a stage limit does, deterministically.
+KILL_AFTER_VARIANTS = "BENCH_TRAIN_KILL_AFTER_VARIANTS"
 RESULTS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train.csv")
 CSV_COLUMNS = ("gpu", "date", "commit", "torch", "triton", "data", "recipe", "variant", "compile_mode", "runs",
                "mean_ema_accuracy", "std_ema_accuracy", "share_at_or_above_94", "mean_train_seconds",
@@ -92,9 +96,10 @@ def compile_mode_of(name: str, default_mode: str) -> str:
     return (mode or default_mode) if compile else "off"
 
 
-def bench_variant(name, args, config, train, test, device, dtype, flops, runs: list) -> dict:
-    """Warm-up, --runs timed runs (appended to `runs` as they finish) and the optional
-    profiling run of one variant; exceptions propagate to the caller."""
+def prepare_variant(name, args, config, train, test, device, dtype):
+    """The variant's Trainer, warmed up (and compiled), and the launches of one of its
+    training steps, checked against its name (VariantMismatch when they do not fit).
+    Returns (trainer, warm-up seconds, launches)."""
     compile, kernels, _ = VARIANTS[name]
     mode = compile_mode_of(name, args.compile_mode)
     if compile:
@@ -109,6 +114,15 @@ def bench_variant(name, args, config, train, test, device, dtype, flops, runs: l
     launches = count_launches(trainer, train, test, args.seed)     # before the timed runs: a variant
     launches["note"] = note = check_launches(name, launches)        # that is not what it says fails now
     print(f"[{name}] launches: {format_counts(launches)}{f' ({note})' if note else ''}", flush=True)
+    return trainer, warmup, launches
+
+
+def bench_variant(name, args, config, train, test, device, dtype, flops, runs: list) -> dict:
+    """prepare_variant, --runs timed runs (appended to `runs` as they finish) and the optional
+    profiling run of one variant; exceptions propagate to the caller."""
+    _, kernels, _ = VARIANTS[name]
+    mode = compile_mode_of(name, args.compile_mode)
+    trainer, warmup, launches = prepare_variant(name, args, config, train, test, device, dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index in range(args.runs):
@@ -231,6 +245,11 @@ def main(argv=None) -> int:
         if args.json:     # after every variant: a time limit never loses a finished variant
             write_json(args.json, payload)
         print(row_line(args.recipe, name, results[name]), flush=True)
+        if "profile" in results[name]:
+            print(format_line(f"{args.recipe}/{name}", results[name]["profile"]), flush=True)
+        rows_then_kill = os.environ.get(KILL_AFTER_VARIANTS, "")
+        if rows_then_kill.isdigit() and len(results) == int(rows_then_kill) < len(variants):
+            os.kill(os.getpid(), signal.SIGKILL)     # a dry run's stand-in for a stage's time limit
 
     finished = {name: entry for name, entry in results.items() if "summary" in entry}
     width = max(15, *(len(name) for name in results))
