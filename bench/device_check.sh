@@ -53,6 +53,8 @@
 # multiplies every stage limit: a CPU dry run on a busy machine is no timing test.
 # DEVICE_CHECK_LIMITS="SEED RECORD TESTS KBENCH" (seconds, before the scale) sets
 # the stage limits themselves, e.g. to cut a stage on purpose in a dry run.
+# BENCH_TRAIN_KILL_AFTER_VARIANTS=K makes bench/train.py kill itself (SIGKILL, as a
+# limit does) after its K-th variant: a dry run cuts its stages deterministically.
 set -u
 cd "$(dirname "$0")/.."
 
