@@ -10,12 +10,17 @@ Variants: eager (eager network, eager kernel twins), compile (torch.compile,
 eager twins), compile+triton (torch.compile, the Triton kernels): the default
 set; compile+cudagraphs and compile+triton+cudagraphs are the last two with
 compile mode reduce-overhead (CUDA graphs). Each is warmed up (and compiled)
-first, then trained --runs times with seeds --seed.. . Per variant it prints mean
+first; then the kernel launches of one training step are counted and checked
+against the variant's name (bench/kernel_launches.py: a variant that does not run
+what its name says fails there, before its timed runs); then it is trained
+--runs times with seeds --seed.. . Per variant it prints mean
 and std of the reported accuracy (the EMA network's, for the seed recipes), the
 share of runs >= 94%, seconds per run in both timing conventions, the speed-up
-over the eager variant, achieved TFLOP/s (counted with torch.utils.flop_counter)
-and peak GPU memory; writes --json, and appends one row per variant to
-bench/results/train.csv. A variant that fails
+over the eager variant (None for a variant that finishes before eager), achieved
+TFLOP/s (counted with torch.utils.flop_counter) and peak GPU memory. As each
+variant ends, --json is rewritten ("partial": true until the last), one row is
+appended to bench/results/train.csv (--csv) and a "row ..." line is printed, so a
+time limit loses only the variant it cuts. A variant that fails
 (a compile error, say) is reported as FAILED and the others go on.
 
 --profile-steps K: after a variant's timed runs, the same trainer trains once
@@ -30,6 +35,7 @@ import argparse
 import csv
 import gc
 import os
+import signal
 import sys
 import time
 import traceback
@@ -46,6 +52,7 @@ from engine.ops import make_ops  # noqa: E402
 from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config  # noqa: E402
 from engine.report import environment, summarize, write_json  # noqa: E402
 from engine.train import COMPILE_MODES, Trainer  # noqa: E402
+from kernel_launches import VariantMismatch, check as check_launches, count_launches, format_counts  # noqa: E402
 from profile_steps import fmt_or_dash, format_detail, format_line, profile_run  # noqa: E402
 
 VARIANTS = {                      # name: (compile, kernels, compile mode; None: --compile-mode)
@@ -56,6 +63,9 @@ VARIANTS = {                      # name: (compile, kernels, compile mode; None:
     "compile+triton+cudagraphs": (True, "triton", "reduce-overhead"),
 }
 DEFAULT_VARIANTS = ("eager", "compile", "compile+triton")
+# For dry runs of bench/device_check.sh: after this many variants (the env value, a whole
+# number) the process kills itself (SIGKILL), as a stage limit does, deterministically.
+KILL_AFTER_VARIANTS = "BENCH_TRAIN_KILL_AFTER_VARIANTS"
 RESULTS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train.csv")
 CSV_COLUMNS = ("gpu", "date", "commit", "torch", "triton", "data", "recipe", "variant", "compile_mode", "runs",
                "mean_ema_accuracy", "std_ema_accuracy", "share_at_or_above_94", "mean_train_seconds",
@@ -86,9 +96,10 @@ def compile_mode_of(name: str, default_mode: str) -> str:
     return (mode or default_mode) if compile else "off"
 
 
-def bench_variant(name, args, config, train, test, device, dtype, flops, runs: list) -> dict:
-    """Warm-up, --runs timed runs (appended to `runs` as they finish) and the optional
-    profiling run of one variant; exceptions propagate to the caller."""
+def prepare_variant(name, args, config, train, test, device, dtype):
+    """The variant's Trainer, warmed up (and compiled), and the launches of one of its
+    training steps, checked against its name (VariantMismatch when they do not fit).
+    Returns (trainer, warm-up seconds, launches)."""
     compile, kernels, _ = VARIANTS[name]
     mode = compile_mode_of(name, args.compile_mode)
     if compile:
@@ -100,6 +111,18 @@ def bench_variant(name, args, config, train, test, device, dtype, flops, runs: l
     warmup = trainer.warm_up(train, test)
     print(f"[{name}] warm-up{f' + compile ({mode})' if compile else ''}: {warmup:.1f} s "
           f"(wall {time.perf_counter() - start:.1f} s)", flush=True)
+    launches = count_launches(trainer, train, test, args.seed)     # before the timed runs: a variant
+    launches["note"] = note = check_launches(name, launches)        # that is not what it says fails now
+    print(f"[{name}] launches: {format_counts(launches)}{f' ({note})' if note else ''}", flush=True)
+    return trainer, warmup, launches
+
+
+def bench_variant(name, args, config, train, test, device, dtype, flops, runs: list) -> dict:
+    """prepare_variant, --runs timed runs (appended to `runs` as they finish) and the optional
+    profiling run of one variant; exceptions propagate to the caller."""
+    _, kernels, _ = VARIANTS[name]
+    mode = compile_mode_of(name, args.compile_mode)
+    trainer, warmup, launches = prepare_variant(name, args, config, train, test, device, dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index in range(args.runs):
@@ -112,7 +135,7 @@ def bench_variant(name, args, config, train, test, device, dtype, flops, runs: l
         compile_seconds=trainer.compile_seconds, warmup_seconds=warmup,
         tflops=flops / summary["mean_total_seconds"] / 1e12,
         peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None))
-    entry = {"compile_mode": mode, "kernels": kernels, "summary": summary, "runs": runs}
+    entry = {"compile_mode": mode, "kernels": kernels, "launches": launches, "summary": summary, "runs": runs}
     if args.profile_steps:
         trace = (os.path.join(args.trace_dir, f"trace_{args.recipe}_{name.replace('+', '_')}.json.gz")
                  if args.trace_dir else None)
@@ -194,31 +217,41 @@ def main(argv=None) -> int:
           f"data: {data_source} | {args.runs} runs per variant | {flops / 1e12:.1f} TFLOP per run "
           f"({counted['step'] / 1e9:.0f} GFLOP per step of {config.batch_size})", flush=True)
 
-    results = {}
-    for name in variants:
+    date = time.strftime("%Y-%m-%d")
+    payload = {"recipe": args.recipe, "variants": {}, "partial": True, "data_source": data_source,
+               "runs_per_variant": args.runs, "flops_per_run": flops, "flops_per_step": counted["step"],
+               "compile_mode": args.compile_mode, "profile_steps": args.profile_steps,
+               "config": config.to_dict(), "date": date, **env}
+    results = payload["variants"]
+    rows = 0
+    for name in variants:      # each variant's JSON and CSV row are written as soon as it ends
         runs = []
         try:
             results[name] = bench_variant(name, args, config, train, test, device, dtype, flops, runs)
         except Exception as error:    # a failed variant (a compile error, say) must not stop the others
             results[name] = {"compile_mode": compile_mode_of(name, args.compile_mode), "kernels": VARIANTS[name][1],
                              **failure(error), "runs": runs}
+            if isinstance(error, VariantMismatch):
+                results[name]["launches"] = error.launches
             print(f"[{name}] FAILED: {results[name]['error']}\n{results[name]['traceback']}", flush=True)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if "summary" in results[name]:
+            compare_with_eager(results[name]["summary"], results.get("eager", {}).get("summary"))
+            if args.csv:
+                append_csv_row(args.csv, csv_row(payload, name))
+                rows += 1
         if args.json:     # after every variant: a time limit never loses a finished variant
-            write_json(args.json, {"recipe": args.recipe, "variants": results, "partial": True,
-                                   "data_source": data_source, **env})
+            write_json(args.json, payload)
+        print(row_line(args.recipe, name, results[name]), flush=True)
+        if "profile" in results[name]:
+            print(format_line(f"{args.recipe}/{name}", results[name]["profile"]), flush=True)
+        rows_then_kill = os.environ.get(KILL_AFTER_VARIANTS, "")
+        if rows_then_kill.isdigit() and len(results) == int(rows_then_kill) < len(variants):
+            os.kill(os.getpid(), signal.SIGKILL)     # a dry run's stand-in for a stage's time limit
 
     finished = {name: entry for name, entry in results.items() if "summary" in entry}
-    base = finished.get("eager", {}).get("summary")
-    for entry in finished.values():
-        s = entry["summary"]
-        s["speedup_total"] = base["mean_total_seconds"] / s["mean_total_seconds"] if base else None
-        s["speedup_train"] = base["mean_train_seconds"] / s["mean_train_seconds"] if base else None
-        s["ema_accuracy_minus_eager"] = s["mean_ema_accuracy"] - base["mean_ema_accuracy"] if base else None
-
-    date = time.strftime("%Y-%m-%d")
     width = max(15, *(len(name) for name in results))
     print(f"\nbench/train.py on {env['device']}, {date}, commit {env['git_commit']}, torch {env['torch']}, "
           f"triton {env['triton']}, recipe: {args.recipe}, data: {data_source}")
@@ -249,28 +282,55 @@ def main(argv=None) -> int:
             if detail:
                 print(detail)
 
-    payload = {"recipe": args.recipe, "variants": results, "data_source": data_source, "runs_per_variant": args.runs,
-               "flops_per_run": flops, "flops_per_step": counted["step"], "compile_mode": args.compile_mode, "profile_steps": args.profile_steps,
-               "config": config.to_dict(), "date": date, **env}
+    del payload["partial"]
     if args.json:
         write_json(args.json, payload)
         print(f"wrote {args.json}")
-    if args.csv and finished:
-        new = not os.path.exists(args.csv)
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "a", newline="") as file:
-            writer = csv.writer(file)
-            if new:
-                writer.writerow(CSV_COLUMNS)
-            for name, entry in finished.items():
-                s = entry["summary"]
-                writer.writerow([env["device"], date, env["git_commit"], env["torch"], env["triton"], data_source,
-                                 args.recipe, name, entry["compile_mode"], s["runs"], s["mean_ema_accuracy"],
-                                 s["std_ema_accuracy"], s["share_at_or_above_94"], s["mean_train_seconds"],
-                                 s["mean_total_seconds"], s["speedup_total"], s["tflops"], s["peak_memory_gib"],
-                                 s["compile_seconds"]])
-        print(f"appended {len(finished)} row(s) to {args.csv}")
+    if rows:
+        print(f"appended {rows} row(s) to {args.csv}")
     return 1 if len(finished) < len(results) else 0
+
+
+def compare_with_eager(summary: dict, eager: dict | None):
+    """A finished variant's speed-ups and accuracy difference against the eager variant's
+    summary (None: eager has not finished, e.g. it comes later or failed)."""
+    summary["speedup_total"] = eager["mean_total_seconds"] / summary["mean_total_seconds"] if eager else None
+    summary["speedup_train"] = eager["mean_train_seconds"] / summary["mean_train_seconds"] if eager else None
+    summary["ema_accuracy_minus_eager"] = summary["mean_ema_accuracy"] - eager["mean_ema_accuracy"] if eager else None
+
+
+def row_line(recipe: str, name: str, entry: dict) -> str:
+    """The line printed as a variant ends, after its JSON and CSV row are written
+    (bench/device_check.sh builds its summary from these lines)."""
+    if "summary" not in entry:
+        return f"row {recipe}/{name}: FAILED: {entry['error']}"
+    s = entry["summary"]
+    return (f"row {recipe}/{name}: {entry['compile_mode']}, {s['runs']} runs, accuracy {100 * s['mean_ema_accuracy']:.2f}% "
+            f"(std {100 * s['std_ema_accuracy']:.2f}%), {s['mean_train_seconds']:.3f} s training, "
+            f"{s['mean_total_seconds']:.3f} s in all, speed-up {fmt_or_dash(s['speedup_total'], '.2f', 'x')}, "
+            f"compile {fmt_or_dash(s['compile_seconds'], '.1f', ' s')}; {format_counts(entry['launches'])}")
+
+
+def csv_row(payload: dict, name: str) -> list:
+    """The CSV row (CSV_COLUMNS) of the finished variant `name` of the JSON `payload`."""
+    entry = payload["variants"][name]
+    s = entry["summary"]
+    return [payload["device"], payload["date"], payload["git_commit"], payload["torch"], payload["triton"],
+            payload["data_source"], payload["recipe"], name, entry["compile_mode"], s["runs"],
+            s["mean_ema_accuracy"], s["std_ema_accuracy"], s["share_at_or_above_94"], s["mean_train_seconds"],
+            s["mean_total_seconds"], s["speedup_total"], s["tflops"], s["peak_memory_gib"], s["compile_seconds"]]
+
+
+def append_csv_row(path: str, row: list):
+    """Append one row to the CSV at `path` (its header first when the file is new), flushed
+    to the file at once."""
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(CSV_COLUMNS)
+        writer.writerow(row)
 
 
 if __name__ == "__main__":
