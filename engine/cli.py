@@ -18,7 +18,8 @@ from engine.ops import KERNEL_CHOICES, make_ops
 from engine.outputs import OutputError
 from engine.plots import require_matplotlib
 from engine.progress import Progress
-from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config
+from engine.recipe_files import find_recipe
+from engine.recipes import DEFAULT_RECIPE, RECIPES
 from engine.report import device_name, environment
 from engine.session import Outputs, Session, write_json_or_rescue
 from engine.train import COMPILE_MODES, Trainer
@@ -112,10 +113,11 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
     g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
-    g.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE,
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="RECIPE",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
-                        "airbench94 with the Muon optimizer, the record recipe")
+                        "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
+                        "(my_recipe.py) or module (package.module), see docs/own-recipe.md")
     g = p.add_argument_group("recipe overrides (default: the recipe's own; refused where the recipe has no "
                              "such setting)")
     for option, (field, kind, meaning) in OVERRIDES.items():
@@ -207,8 +209,9 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     try:
         require_seeds(args.seed, args.runs, name="--seed")
         world = world_from_env()
+        recipe = find_recipe(args.recipe)
         # A typo should not wait for the data to load.
-        recipe_config(args, train_images=args.batch_size or RECIPES[args.recipe][0].batch_size)
+        recipe_config(args, recipe, train_images=args.batch_size or recipe.config_class.batch_size)
     except ValueError as error:
         parser.error(str(error))
     if args.plot:
@@ -230,25 +233,24 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     kernels = args.kernels or default_kernels(device)
     start(world, device)
     try:
-        return train_runs(parser, args, world, device, dtype, kernels)
+        return train_runs(parser, args, recipe, world, device, dtype, kernels)
     finally:
         finish(world)
 
 
-def recipe_config(args, train_images: int):
-    """The chosen recipe with the command line's overrides. ValueError names a bad value, or
-    an override the recipe has no setting for."""
+def recipe_config(args, recipe, train_images: int):
+    """The chosen recipe (an engine.recipe_files.Recipe) with the command line's overrides.
+    ValueError names a bad value, or an override the recipe has no setting for."""
     given = {option: field for option, (field, _, _) in OVERRIDES.items() if getattr(args, field) is not None}
-    cls = RECIPES[args.recipe][0]
+    cls = recipe.config_class
     foreign = [option for option, field in given.items() if field not in cls.field_names()]
     if foreign:
         raise ValueError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to --recipe "
                          f"{args.recipe}; drop {'it' if len(foreign) == 1 else 'them'} (the recipes each "
                          f"option applies to are listed in --help)")
-    return make_config(args.recipe, train_images=train_images,
-                       **{field: getattr(args, field) for field in given.values()})
+    return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()})
 
-def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
+def train_runs(parser, args, recipe, world: World, device, dtype, kernels: str) -> int:
     """Load the data, build the trainer and loaders, and hand them to a Session."""
     if args.download and not world.main:
         barrier(world)                    # rank 0 downloads first
@@ -263,7 +265,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
-        config = recipe_config(args, train_images=len(data.train_labels))
+        config = recipe_config(args, recipe, train_images=len(data.train_labels))
     except ValueError as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
@@ -273,7 +275,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
                     prefix=f"[rank {world.rank}] " if world.distributed else "")
     if world.main and not args.quiet:
-        print(f"recipe: {args.recipe} | data: {data.source} | device: {device_name(device)}"
+        print(f"recipe: {recipe.name} | data: {data.source} | device: {device_name(device)}"
               f"{f' (x{world.size} processes)' if world.distributed else ''} | "
               f"dtype: {dtype_name(dtype)} | kernels: {kernels} | "
               f"compile: {compile_mode if args.compile else 'off'} | "
@@ -296,12 +298,12 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
         show.print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s "
                    f"(not counted in run times)")
     context = {
-        "recipe": args.recipe, "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
         "kernels": kernels,
         "compile": args.compile, "compile_mode": compile_mode if args.compile else None,
         "deterministic": args.deterministic, "config": config.to_dict(), **environment(device),
     }
-    checkpoint_fields = {"recipe": args.recipe, "data_source": data.source, "kernels": kernels, "compile": args.compile,
+    checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels, "compile": args.compile,
                          "data": {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed}}
     session = Session(trainer, train, test, runs=args.runs, first_seed=args.seed, world=world,
                       outputs=Outputs(args.json, args.save, args.plot), show=show, data_source=data.source,
@@ -318,6 +320,8 @@ def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                                             "training.")
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=f"a file written by {prog} --save")
+    p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, a recipe file or a "
+                                                      "module (default: what the checkpoint records)")
     p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
     p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
@@ -340,10 +344,13 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
         except OutputError as error:
             parser.error(str(error))
     try:
-        model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None)
+        model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None,
+                                       recipe=args.recipe)
     except CheckpointError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    if saved.get("recipe_warning"):
+        print(f"{parser.prog}: warning: {saved['recipe_warning']}", file=sys.stderr)
     recorded = saved.get("data") or {}
     data_name = args.data or recorded.get("data")
     if not data_name:
@@ -383,7 +390,8 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
             "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
             "recipe": saved.get("recipe", "seed"),
             "trained": {key: saved.get(key) for key in ("seed", "data_source", "data", "dtype", "device", "kernels",
-                                                        "compile", "ema_accuracy", "network_accuracy", "torch")},
+                                                        "compile", "ema_accuracy", "network_accuracy", "torch",
+                                                        "recipe_file", "recipe_sha256")},
             "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if write_json_or_rescue(args.json, payload) != args.json:
