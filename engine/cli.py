@@ -11,9 +11,9 @@ import torch
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
-from engine.data import CifarLoader, DataError, convert, load_cifar10
+from engine.data import DataError, convert, load_cifar10
 from engine.distributed import World, barrier, finish, start, world_from_env
-from engine.errors import check_kernels, explain
+from engine.errors import explain
 from engine.ops import KERNEL_CHOICES, make_ops
 from engine.outputs import OutputError
 from engine.plots import require_matplotlib
@@ -22,7 +22,8 @@ from engine.recipe_files import find_recipe
 from engine.recipes import DEFAULT_RECIPE, RECIPES
 from engine.report import device_name, environment
 from engine.session import Outputs, Session, write_json_or_rescue
-from engine.train import COMPILE_MODES, Trainer
+from engine.sweep import Setups, SweepSession, parse_settings, sweep_points
+from engine.train import COMPILE_MODES
 
 SYNTHETIC_SIZE = 50_000              # --synthetic-size when not given
 
@@ -113,11 +114,16 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
     g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
-    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="RECIPE",
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="RECIPE[,RECIPE...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
                         "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
-                        "(my_recipe.py) or module (package.module), see docs/own-recipe.md")
+                        "(my_recipe.py) or module (package.module), see docs/own-recipe.md. Several, comma-separated: "
+                        "a sweep over them, on the same data and seeds")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=V1[,V2...]",
+                   help="set any field of the recipe's Config (e.g. lr=0.002, dropout=0.1); several values: "
+                        "a sweep, --runs runs of each; repeated: every combination (one process, data loaded "
+                        "once, compiled graphs reused)")
     g = p.add_argument_group("recipe overrides (default: the recipe's own; refused where the recipe has no "
                              "such setting)")
     for option, (field, kind, meaning) in OVERRIDES.items():
@@ -195,6 +201,9 @@ def main(argv=None, prog: str | None = None) -> int:
             return evaluate_main(argv[1:], prog)
         if argv[:1] == ["convert"]:
             return convert_main(argv[1:], prog)
+        if argv[:1] == ["compare"]:
+            from engine.compare import compare_main
+            return compare_main(argv[1:], prog)
         return train_main(argv, prog)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted before any result was ready", file=sys.stderr)
@@ -209,9 +218,11 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     try:
         require_seeds(args.seed, args.runs, name="--seed")
         world = world_from_env()
-        recipe = find_recipe(args.recipe)
+        recipes = [find_recipe(spec.strip()) for spec in args.recipe.split(",")]
+        points = sweep_points(recipes, parse_settings(args.set, recipes))
         # A typo should not wait for the data to load.
-        recipe_config(args, recipe, train_images=args.batch_size or recipe.config_class.batch_size)
+        for point in points:
+            recipe_config(args, point.recipe, args.batch_size or point.recipe.config_class.batch_size, point.settings)
     except ValueError as error:
         parser.error(str(error))
     if args.plot:
@@ -222,7 +233,8 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     device = resolve_device(parser, args.device, world)
     try:     # every output, before any work
         Outputs(args.json, args.save, args.plot).check(range(args.seed, args.seed + args.runs), world,
-                                                       inputs=data_input(args.data))
+                                                       inputs=data_input(args.data),
+                                                       points=len(points) if len(points) > 1 else 0)
         if args.data == "synthetic":
             require_synthetic_fits(args.synthetic_size or SYNTHETIC_SIZE, device)
     except ValueError as error:
@@ -233,25 +245,31 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     kernels = args.kernels or default_kernels(device)
     start(world, device)
     try:
-        return train_runs(parser, args, recipe, world, device, dtype, kernels)
+        return train_runs(parser, args, points, world, device, dtype, kernels)
     finally:
         finish(world)
 
 
-def recipe_config(args, recipe, train_images: int):
-    """The chosen recipe (an engine.recipe_files.Recipe) with the command line's overrides.
-    ValueError names a bad value, or an override the recipe has no setting for."""
+def recipe_config(args, recipe, train_images: int, settings: dict | None = None):
+    """The chosen recipe (an engine.recipe_files.Recipe) with the command line's overrides and
+    a point's --set `settings`. ValueError names a bad value, an override the recipe has no
+    setting for, or a setting given both ways."""
     given = {option: field for option, (field, _, _) in OVERRIDES.items() if getattr(args, field) is not None}
+    twice = [option for option, field in given.items() if field in (settings or {})]
+    if twice:
+        raise ValueError(f"{twice[0]} and --set {given[twice[0]]} set the same thing; give it once")
     cls = recipe.config_class
     foreign = [option for option, field in given.items() if field not in cls.field_names()]
     if foreign:
         raise ValueError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to --recipe "
                          f"{args.recipe}; drop {'it' if len(foreign) == 1 else 'them'} (the recipes each "
                          f"option applies to are listed in --help)")
-    return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()})
+    return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
+                              **(settings or {}))
 
-def train_runs(parser, args, recipe, world: World, device, dtype, kernels: str) -> int:
-    """Load the data, build the trainer and loaders, and hand them to a Session."""
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str) -> int:
+    """Load the data, build the trainer and loaders, and hand them to a Session (a
+    SweepSession for several points)."""
     if args.download and not world.main:
         barrier(world)                    # rank 0 downloads first
     synthetic_size = args.synthetic_size or SYNTHETIC_SIZE
@@ -265,7 +283,7 @@ def train_runs(parser, args, recipe, world: World, device, dtype, kernels: str) 
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
-        config = recipe_config(args, recipe, train_images=len(data.train_labels))
+        configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
     except ValueError as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
@@ -274,29 +292,28 @@ def train_runs(parser, args, recipe, world: World, device, dtype, kernels: str) 
     compile_mode = args.compile_mode or "default"
     show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
                     prefix=f"[rank {world.rank}] " if world.distributed else "")
+    recipe, config = points[0].recipe, configs[0]
     if world.main and not args.quiet:
-        print(f"recipe: {recipe.name} | data: {data.source} | device: {device_name(device)}"
+        print(f"recipe: {', '.join(dict.fromkeys(point.recipe.name for point in points))} | data: {data.source} | "
+              f"device: {device_name(device)}"
               f"{f' (x{world.size} processes)' if world.distributed else ''} | "
               f"dtype: {dtype_name(dtype)} | kernels: {kernels} | "
               f"compile: {compile_mode if args.compile else 'off'} | "
               f"{config.total_steps} steps of {config.batch_size}"
-              f"{' | deterministic' if args.deterministic else ''}", flush=True)
+              f"{' | deterministic' if args.deterministic else ''}"
+              f"{f' | sweep: {len(points)} points x {args.runs} run(s)' if len(points) > 1 else ''}", flush=True)
     try:
-        ops = make_ops(kernels)
-        check_kernels(ops, device, dtype, config)
-        trainer = Trainer(config, ops, device, dtype, compile=args.compile, compile_mode=compile_mode)
-        train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
-        test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
-        warmup_seconds = trainer.warm_up(train, test) if (device.type == "cuda" or args.compile) else 0.0
+        setups = Setups(data, make_ops(kernels), device, dtype, args.compile, compile_mode,
+                        warm_up=device.type == "cuda" or args.compile)
+        trainer, train, test, warmup_note = setups.get(config)
     except Exception as error:
         message = explain(error, config, args.compile)
         if message is None:
             raise
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 1
-    if warmup_seconds:
-        show.print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s "
-                   f"(not counted in run times)")
+    if warmup_note and len(points) == 1:
+        show.print(warmup_note)
     context = {
         **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
         "kernels": kernels,
@@ -305,11 +322,14 @@ def train_runs(parser, args, recipe, world: World, device, dtype, kernels: str) 
     }
     checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels, "compile": args.compile,
                          "data": {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed}}
-    session = Session(trainer, train, test, runs=args.runs, first_seed=args.seed, world=world,
-                      outputs=Outputs(args.json, args.save, args.plot), show=show, data_source=data.source,
-                      context=context, checkpoint_fields=checkpoint_fields,
-                      evaluate_every_epoch=not args.final_eval_only, warmup_seconds=warmup_seconds,
-                      quiet=args.quiet)
+    common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
+                  data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
+                  evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
+                  quiet=args.quiet)
+    if len(points) > 1:
+        session = SweepSession(points, configs, setups, runs=args.runs, **common)
+    else:
+        session = Session(trainer, train, test, runs=args.runs, **common)
     return session.run()
 
 

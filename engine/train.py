@@ -201,6 +201,14 @@ class Trainer:
             # One graph per evaluation batch shape (a recipe's views may use two), never a dynamic one.
             self.logits = torch.compile(self._logits, dynamic=False, **options)
 
+    def use_config(self, config):
+        """Train `config` (the same recipe, e.g. another point of a sweep) from the next run on.
+        The compiled functions are kept: a setting they see as a tensor (the learning rates)
+        changes nothing in them, while new shapes or a setting compiled in as a constant
+        (weight decay, momentum, label smoothing) compile another graph on first use."""
+        require_type("config", config, type(self.config), f"a Config of recipe {self.config.recipe}")
+        self.config = config
+
     def _forward_loss(self, model: nn.Module, images, labels):
         logits = model(images)
         loss = self.config.loss(logits, labels)
