@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import time
@@ -76,6 +77,7 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                                "or airbench94 with Muon.",
         epilog=f"`{command} evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
                f"--save. `{command} convert SRC OUT.npz` writes any data source as one .npz. "
+               f"`{command} compare A.json B.json` says whether a change helped (Welch's t-test). "
                "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
                "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
     g = p.add_argument_group("data")
@@ -314,6 +316,8 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
         return 1
     if warmup_note and len(points) == 1:
         show.print(warmup_note)
+    if device.type == "cpu" and world.main and not args.quiet:
+        print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points)), flush=True)
     context = {
         **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
         "kernels": kernels,
@@ -333,13 +337,24 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     return session.run()
 
 
+def cpu_estimate(step_seconds: float, config, runs: int) -> str:
+    """What a CPU run will take, said before it starts (from a few timed steps)."""
+    minutes = step_seconds * config.total_steps / 60
+    line = (f"on this CPU: about {step_seconds:.2g} s per step, so about {minutes:.3g} min of training per run"
+            + (f", {runs * minutes:.3g} min for all {runs}" if runs > 1 else "") + " (evaluations extra)")
+    if minutes > 10:
+        line += "; --base-width 16 and fewer --epochs make quick CPU runs, a GPU the real ones"
+    return line
+
+
 def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{prog} evaluate",
                                 description=f"Reload a network saved with `{prog} --save` and measure its test "
                                             "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
                                             "training.")
 
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help=f"a file written by {prog} --save")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
+                   help=f"one or more files written by {prog} --save, or a quoted glob pattern ('runs/m-*.pt')")
     p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, a recipe file or a "
                                                       "module (default: what the checkpoint records)")
     p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
@@ -353,22 +368,56 @@ def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     return p
 
 
+def checkpoint_paths(given: list[str]) -> list[str]:
+    """--checkpoint's paths, a glob pattern (quoted, so that the shell leaves it) expanded to
+    the files it matches, sorted. ValueError for a pattern that matches nothing."""
+    paths = []
+    for path in given:
+        if not os.path.exists(path) and glob.has_magic(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise ValueError(f"--checkpoint {path}: the pattern matches no file")
+            paths += matches
+        else:
+            paths.append(path)
+    return list(dict.fromkeys(paths))
+
+
 def evaluate_main(argv, prog: str = "run.py") -> int:
     parser = build_evaluate_parser(prog)
     args = parser.parse_args(argv)
+    try:
+        paths = checkpoint_paths(args.checkpoint)
+    except ValueError as error:
+        parser.error(str(error))
     device = resolve_device(parser, args.device)
-    if args.json:            # before any work, and never over the checkpoint or the data
+    if args.json:            # before any work, and never over a checkpoint or the data
         try:
-            Outputs(json=args.json).check(range(1), inputs=[("--checkpoint", args.checkpoint),
+            Outputs(json=args.json).check(range(1), inputs=[*(("--checkpoint", path) for path in paths),
                                                             *data_input(args.data)])
         except OutputError as error:
             parser.error(str(error))
+    status, payloads, datasets = 0, [], {}
+    for path in paths:
+        code, payload = evaluate_checkpoint(parser, args, path, device, datasets)
+        status = max(status, code)
+        payloads += [payload] if payload else []
+    if args.json and payloads:
+        payload = payloads[0] if len(paths) == 1 else {"checkpoints": payloads}
+        if write_json_or_rescue(args.json, payload) != args.json:
+            return max(status, 1)
+    return status
+
+
+def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tuple[int, dict | None]:
+    """Re-measure one checkpoint; (exit status, its JSON record or None). `datasets` keeps
+    the data loaded for earlier checkpoints."""
     try:
-        model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None,
+        model, saved = load_checkpoint(path, device, DTYPES[args.dtype] if args.dtype else None,
                                        recipe=args.recipe)
     except CheckpointError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        return 2, None
     if saved.get("recipe_warning"):
         print(f"{parser.prog}: warning: {saved['recipe_warning']}", file=sys.stderr)
     recorded = saved.get("data") or {}
@@ -387,15 +436,18 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
             require_synthetic_fits(synthetic_size, device)
     except ValueError as error:
         parser.error(str(error))
+    data_key = (data_name, synthetic_size, data_seed)
     try:
-        data = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
+        if data_key not in datasets:
+            datasets[data_key] = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
+        data = datasets[data_key]
     except DataError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        return 2, None
     config = saved["config"]
     accuracy = evaluate(model, data)
     dtype = next(model.parameters()).dtype
-    print(f"checkpoint: {args.checkpoint} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
+    print(f"checkpoint: {path} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
           f"kernels at training: {saved.get('kernels')} | dtype: {dtype_name(dtype)} | "
           f"device: {device_name(device)}")
     line = f"test accuracy {100 * accuracy:.2f}% on {data.source}"
@@ -403,20 +455,17 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
         line += (f"; recorded {100 * saved['accuracy']:.2f}% "
                  f"(difference {100 * (accuracy - saved['accuracy']):+.2f} points)")
     print(line)
-    if args.json:
-        payload = {
-            "checkpoint": args.checkpoint, "accuracy": accuracy, "recorded_accuracy": saved.get("accuracy"),
-            "difference": None if saved.get("accuracy") is None else accuracy - saved["accuracy"],
-            "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
-            "recipe": saved.get("recipe", "seed"),
-            "trained": {key: saved.get(key) for key in ("seed", "data_source", "data", "dtype", "device", "kernels",
-                                                        "compile", "ema_accuracy", "network_accuracy", "torch",
-                                                        "recipe_file", "recipe_sha256")},
-            "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if write_json_or_rescue(args.json, payload) != args.json:
-            return 1
-    return 0
+    payload = {
+        "checkpoint": path, "accuracy": accuracy, "recorded_accuracy": saved.get("accuracy"),
+        "difference": None if saved.get("accuracy") is None else accuracy - saved["accuracy"],
+        "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        "recipe": saved.get("recipe", "seed"),
+        "trained": {key: saved.get(key) for key in ("seed", "data_source", "data", "dtype", "device", "kernels",
+                                                    "compile", "ema_accuracy", "network_accuracy", "torch",
+                                                    "recipe_file", "recipe_sha256")},
+        "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return 0, payload
 
 
 def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:

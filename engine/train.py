@@ -240,6 +240,20 @@ class Trainer:
         optimizers.reset(config.optimizer_groups(model))
         return self.kept
 
+    def seconds_per_step(self, train: CifarLoader, steps: int = 2) -> float:
+        """Seconds of one training step of this config here, timed over `steps` steps (after
+        one untimed) of the kept network, which every run sets afresh anyway (so compiled
+        code sees the tensors it was compiled for): for an estimate before the runs."""
+        model, _, optimizers = self.networks(self.config)
+        images, labels = next(iter(train.epoch(torch.Generator(device=self.device).manual_seed(0), 0)))
+        self.train_step(model, optimizers, images, labels)
+        timer = Timer(self.device)
+        timer.start()
+        for _ in range(steps):
+            self.train_step(model, optimizers, images, labels)
+        timer.stop()
+        return timer.seconds / steps
+
     def train_step(self, model: nn.Module, optimizers: Optimizers, images, labels):
         loss, correct = self.forward_loss(model, images, labels)
         loss.backward()
