@@ -87,6 +87,13 @@ def file_sha256(path: str) -> str:
         return hashlib.sha256(file.read()).hexdigest()
 
 
+def lacking(config: type) -> list[str]:
+    """The names of RECIPE_PROTOCOL a Config class lacks (ema_step_decay only matters when
+    the class says has_ema; a recipe without EMA sets has_ema = False)."""
+    return [name for name, _ in RECIPE_PROTOCOL if not hasattr(config, name)
+            and not (name == "ema_step_decay" and getattr(config, "has_ema", None) is False)]
+
+
 def check_recipe_module(module, where: str):
     """ValueError naming everything `module` lacks to be a recipe (RECIPE_PROTOCOL)."""
     config = getattr(module, "Config", None)
@@ -94,7 +101,7 @@ def check_recipe_module(module, where: str):
         raise ValueError(f"--recipe {where}: a recipe defines a dataclass named Config deriving from "
                          f"engine.config.RecipeConfig (or from a built-in recipe's Config, e.g. "
                          f"engine.recipes.seed.Config); this one has none (see docs/own-recipe.md)")
-    missing = [f"{name} ({meaning})" for name, meaning in RECIPE_PROTOCOL if not hasattr(config, name)]
+    missing = [f"{name} ({dict(RECIPE_PROTOCOL)[name]})" for name in lacking(config)]
     if missing:
         raise ValueError(f"--recipe {where}: its Config lacks {'; '.join(missing)} (see docs/own-recipe.md)")
     name = config.__dict__.get("recipe") if isinstance(config.__dict__.get("recipe"), str) else None

@@ -11,7 +11,7 @@ import pytest
 import engine
 from engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from engine.cli import main
-from engine.recipe_files import RECIPE_PROTOCOL, file_sha256, find_recipe
+from engine.recipe_files import RECIPE_PROTOCOL, file_sha256, find_recipe, lacking
 from engine.recipes import airbench94_muon, seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ TINY = ["--data", "synthetic", "--synthetic-size", "256", "--device", "cpu", "--
 
 def test_the_built_in_recipes_have_everything_the_protocol_names():
     for config in (seed.Config, airbench94_muon.Config):
-        assert [name for name, _ in RECIPE_PROTOCOL if not hasattr(config, name)] == []
+        assert lacking(config) == []
 
 
 def write(path, text):
