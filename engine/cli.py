@@ -116,7 +116,7 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
     g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
-    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="RECIPE[,RECIPE...]",
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="{" + ",".join(RECIPES) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
                         "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
