@@ -20,7 +20,7 @@ from torch import nn
 from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path
 from engine.ops import make_ops
 from engine.outputs import atomic_write
-from engine.recipes import config_class
+from engine.recipe_files import checkpoint_recipe, recipe_record
 
 FORMAT = "cifar-speedrun checkpoint 1"
 
@@ -44,7 +44,7 @@ def save_checkpoint(path, model: nn.Module, config, *, accuracy: float | None = 
     payload = {
         "format": FORMAT,
         "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
-        "recipe": recipe or config.recipe,
+        **recipe_record(config, recipe),      # its name; an own recipe's file and SHA-256 too
         "config": config.to_dict(),
         "accuracy": accuracy,
         "data_source": data_source,
@@ -95,17 +95,24 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
-def load_checkpoint(path, device=None, dtype: torch.dtype | None = None) -> tuple[nn.Module, dict]:
+def load_checkpoint(path, device=None, dtype: torch.dtype | None = None,
+                    recipe: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the saved network of its recipe (eager operations, eval mode) from `path` (str
     or pathlib.Path) on `device` (default: CUDA when present) in `dtype` (default: the saved
-    one). Returns (network, checkpoint dict); the dict's "config" is the recipe's `Config`."""
+    one). recipe: where the recipe is (a name, FILE.py or package.module; default: what the
+    checkpoint records). Returns (network, checkpoint dict); the dict's "config" is the
+    recipe's `Config`, its "recipe_warning" a message when the recipe file changed since."""
     device = as_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dtype = as_dtype(dtype) if dtype is not None else None
     payload = read_checkpoint(path)
     try:
+        config_class, warning = checkpoint_recipe(payload, os.fspath(path), recipe)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    try:
         fields = {name: tuple(value) if isinstance(value, list) else value
                   for name, value in payload["config"].items()}
-        config = config_class(payload.get("recipe", "seed"))(**fields)
+        config = config_class(**fields)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its config does not fit this version of the engine ({error}).") from None
     dtype = dtype or DTYPES[payload["dtype"]]
@@ -116,4 +123,4 @@ def load_checkpoint(path, device=None, dtype: torch.dtype | None = None) -> tupl
         raise CheckpointError(f"{path}: the saved weights do not fit the network its config "
                               f"describes ({str(error).splitlines()[0]}).") from None
     model.eval()
-    return model, {**payload, "config": config}
+    return model, {**payload, "config": config, "recipe_warning": warning}

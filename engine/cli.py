@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import time
@@ -11,17 +12,19 @@ import torch
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
-from engine.data import CifarLoader, DataError, convert, load_cifar10
+from engine.data import DataError, convert, load_cifar10
 from engine.distributed import World, barrier, finish, start, world_from_env
-from engine.errors import check_kernels, explain
+from engine.errors import explain
 from engine.ops import KERNEL_CHOICES, make_ops
 from engine.outputs import OutputError
 from engine.plots import require_matplotlib
 from engine.progress import Progress
-from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config
+from engine.recipe_files import find_recipe
+from engine.recipes import DEFAULT_RECIPE, RECIPES
 from engine.report import device_name, environment
 from engine.session import Outputs, Session, write_json_or_rescue
-from engine.train import COMPILE_MODES, Trainer
+from engine.sweep import Setups, SweepSession, parse_settings, sweep_points
+from engine.train import COMPILE_MODES
 
 SYNTHETIC_SIZE = 50_000              # --synthetic-size when not given
 
@@ -74,6 +77,7 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                                "or airbench94 with Muon.",
         epilog=f"`{command} evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
                f"--save. `{command} convert SRC OUT.npz` writes any data source as one .npz. "
+               f"`{command} compare A.json B.json` says whether a change helped (Welch's t-test). "
                "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
                "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
     g = p.add_argument_group("data")
@@ -112,10 +116,16 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
     g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
-    g.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE,
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="{" + ",".join(RECIPES) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
-                        "airbench94 with the Muon optimizer, the record recipe")
+                        "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
+                        "(my_recipe.py) or module (package.module), see docs/own-recipe.md. Several, comma-separated: "
+                        "a sweep over them, on the same data and seeds")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=V1[,V2...]",
+                   help="set any field of the recipe's Config (e.g. lr=0.002, dropout=0.1); several values: "
+                        "a sweep, --runs runs of each; repeated: every combination (one process, data loaded "
+                        "once, compiled graphs reused)")
     g = p.add_argument_group("recipe overrides (default: the recipe's own; refused where the recipe has no "
                              "such setting)")
     for option, (field, kind, meaning) in OVERRIDES.items():
@@ -193,6 +203,9 @@ def main(argv=None, prog: str | None = None) -> int:
             return evaluate_main(argv[1:], prog)
         if argv[:1] == ["convert"]:
             return convert_main(argv[1:], prog)
+        if argv[:1] == ["compare"]:
+            from engine.compare import compare_main
+            return compare_main(argv[1:], prog)
         return train_main(argv, prog)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted before any result was ready", file=sys.stderr)
@@ -207,8 +220,11 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     try:
         require_seeds(args.seed, args.runs, name="--seed")
         world = world_from_env()
+        recipes = [find_recipe(spec.strip()) for spec in args.recipe.split(",")]
+        points = sweep_points(recipes, parse_settings(args.set, recipes))
         # A typo should not wait for the data to load.
-        recipe_config(args, train_images=args.batch_size or RECIPES[args.recipe][0].batch_size)
+        for point in points:
+            recipe_config(args, point.recipe, args.batch_size or point.recipe.config_class.batch_size, point.settings)
     except ValueError as error:
         parser.error(str(error))
     if args.plot:
@@ -219,7 +235,8 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     device = resolve_device(parser, args.device, world)
     try:     # every output, before any work
         Outputs(args.json, args.save, args.plot).check(range(args.seed, args.seed + args.runs), world,
-                                                       inputs=data_input(args.data))
+                                                       inputs=data_input(args.data),
+                                                       points=len(points) if len(points) > 1 else 0)
         if args.data == "synthetic":
             require_synthetic_fits(args.synthetic_size or SYNTHETIC_SIZE, device)
     except ValueError as error:
@@ -230,26 +247,31 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     kernels = args.kernels or default_kernels(device)
     start(world, device)
     try:
-        return train_runs(parser, args, world, device, dtype, kernels)
+        return train_runs(parser, args, points, world, device, dtype, kernels)
     finally:
         finish(world)
 
 
-def recipe_config(args, train_images: int):
-    """The chosen recipe with the command line's overrides. ValueError names a bad value, or
-    an override the recipe has no setting for."""
+def recipe_config(args, recipe, train_images: int, settings: dict | None = None):
+    """The chosen recipe (an engine.recipe_files.Recipe) with the command line's overrides and
+    a point's --set `settings`. ValueError names a bad value, an override the recipe has no
+    setting for, or a setting given both ways."""
     given = {option: field for option, (field, _, _) in OVERRIDES.items() if getattr(args, field) is not None}
-    cls = RECIPES[args.recipe][0]
+    twice = [option for option, field in given.items() if field in (settings or {})]
+    if twice:
+        raise ValueError(f"{twice[0]} and --set {given[twice[0]]} set the same thing; give it once")
+    cls = recipe.config_class
     foreign = [option for option, field in given.items() if field not in cls.field_names()]
     if foreign:
         raise ValueError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to --recipe "
                          f"{args.recipe}; drop {'it' if len(foreign) == 1 else 'them'} (the recipes each "
                          f"option applies to are listed in --help)")
-    return make_config(args.recipe, train_images=train_images,
-                       **{field: getattr(args, field) for field in given.values()})
+    return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
+                              **(settings or {}))
 
-def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
-    """Load the data, build the trainer and loaders, and hand them to a Session."""
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str) -> int:
+    """Load the data, build the trainer and loaders, and hand them to a Session (a
+    SweepSession for several points)."""
     if args.download and not world.main:
         barrier(world)                    # rank 0 downloads first
     synthetic_size = args.synthetic_size or SYNTHETIC_SIZE
@@ -263,7 +285,7 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
-        config = recipe_config(args, train_images=len(data.train_labels))
+        configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
     except ValueError as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
@@ -272,43 +294,57 @@ def train_runs(parser, args, world: World, device, dtype, kernels: str) -> int:
     compile_mode = args.compile_mode or "default"
     show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
                     prefix=f"[rank {world.rank}] " if world.distributed else "")
+    recipe, config = points[0].recipe, configs[0]
     if world.main and not args.quiet:
-        print(f"recipe: {args.recipe} | data: {data.source} | device: {device_name(device)}"
+        print(f"recipe: {', '.join(dict.fromkeys(point.recipe.name for point in points))} | data: {data.source} | "
+              f"device: {device_name(device)}"
               f"{f' (x{world.size} processes)' if world.distributed else ''} | "
               f"dtype: {dtype_name(dtype)} | kernels: {kernels} | "
               f"compile: {compile_mode if args.compile else 'off'} | "
               f"{config.total_steps} steps of {config.batch_size}"
-              f"{' | deterministic' if args.deterministic else ''}", flush=True)
+              f"{' | deterministic' if args.deterministic else ''}"
+              f"{f' | sweep: {len(points)} points x {args.runs} run(s)' if len(points) > 1 else ''}", flush=True)
     try:
-        ops = make_ops(kernels)
-        check_kernels(ops, device, dtype, config)
-        trainer = Trainer(config, ops, device, dtype, compile=args.compile, compile_mode=compile_mode)
-        train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
-        test = CifarLoader(data.test_images, data.test_labels, config, False, device, dtype)
-        warmup_seconds = trainer.warm_up(train, test) if (device.type == "cuda" or args.compile) else 0.0
+        setups = Setups(data, make_ops(kernels), device, dtype, args.compile, compile_mode,
+                        warm_up=device.type == "cuda" or args.compile)
+        trainer, train, test, warmup_note = setups.get(config)
     except Exception as error:
         message = explain(error, config, args.compile)
         if message is None:
             raise
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 1
-    if warmup_seconds:
-        show.print(f"warm-up{' and compilation' if args.compile else ''}: {warmup_seconds:.1f} s "
-                   f"(not counted in run times)")
+    if warmup_note and len(points) == 1:
+        show.print(warmup_note)
+    if device.type == "cpu" and world.main and not args.quiet:
+        print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points)), flush=True)
     context = {
-        "recipe": args.recipe, "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
         "kernels": kernels,
         "compile": args.compile, "compile_mode": compile_mode if args.compile else None,
         "deterministic": args.deterministic, "config": config.to_dict(), **environment(device),
     }
-    checkpoint_fields = {"recipe": args.recipe, "data_source": data.source, "kernels": kernels, "compile": args.compile,
+    checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels, "compile": args.compile,
                          "data": {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed}}
-    session = Session(trainer, train, test, runs=args.runs, first_seed=args.seed, world=world,
-                      outputs=Outputs(args.json, args.save, args.plot), show=show, data_source=data.source,
-                      context=context, checkpoint_fields=checkpoint_fields,
-                      evaluate_every_epoch=not args.final_eval_only, warmup_seconds=warmup_seconds,
-                      quiet=args.quiet)
+    common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
+                  data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
+                  evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
+                  quiet=args.quiet)
+    if len(points) > 1:
+        session = SweepSession(points, configs, setups, runs=args.runs, **common)
+    else:
+        session = Session(trainer, train, test, runs=args.runs, **common)
     return session.run()
+
+
+def cpu_estimate(step_seconds: float, config, runs: int) -> str:
+    """What a CPU run will take, said before it starts (from a few timed steps)."""
+    minutes = step_seconds * config.total_steps / 60
+    line = (f"on this CPU: about {step_seconds:.2g} s per step, so about {minutes:.3g} min of training per run"
+            + (f", {runs * minutes:.3g} min for all {runs}" if runs > 1 else "") + " (evaluations extra)")
+    if minutes > 10:
+        line += "; --base-width 16 and fewer --epochs make quick CPU runs, a GPU the real ones"
+    return line
 
 
 def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
@@ -317,7 +353,10 @@ def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                                             "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
                                             "training.")
 
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help=f"a file written by {prog} --save")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
+                   help=f"one or more files written by {prog} --save, or a quoted glob pattern ('runs/m-*.pt')")
+    p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, a recipe file or a "
+                                                      "module (default: what the checkpoint records)")
     p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
     p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
@@ -329,21 +368,58 @@ def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     return p
 
 
+def checkpoint_paths(given: list[str]) -> list[str]:
+    """--checkpoint's paths, a glob pattern (quoted, so that the shell leaves it) expanded to
+    the files it matches, sorted. ValueError for a pattern that matches nothing."""
+    paths = []
+    for path in given:
+        if not os.path.exists(path) and glob.has_magic(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise ValueError(f"--checkpoint {path}: the pattern matches no file")
+            paths += matches
+        else:
+            paths.append(path)
+    return list(dict.fromkeys(paths))
+
+
 def evaluate_main(argv, prog: str = "run.py") -> int:
     parser = build_evaluate_parser(prog)
     args = parser.parse_args(argv)
+    try:
+        paths = checkpoint_paths(args.checkpoint)
+    except ValueError as error:
+        parser.error(str(error))
     device = resolve_device(parser, args.device)
-    if args.json:            # before any work, and never over the checkpoint or the data
+    if args.json:            # before any work, and never over a checkpoint or the data
         try:
-            Outputs(json=args.json).check(range(1), inputs=[("--checkpoint", args.checkpoint),
+            Outputs(json=args.json).check(range(1), inputs=[*(("--checkpoint", path) for path in paths),
                                                             *data_input(args.data)])
         except OutputError as error:
             parser.error(str(error))
+    status, payloads, datasets = 0, [], {}
+    for path in paths:
+        code, payload = evaluate_checkpoint(parser, args, path, device, datasets)
+        status = max(status, code)
+        payloads += [payload] if payload else []
+    if args.json and payloads:
+        payload = payloads[0] if len(paths) == 1 else {"checkpoints": payloads}
+        if write_json_or_rescue(args.json, payload) != args.json:
+            return max(status, 1)
+    return status
+
+
+def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tuple[int, dict | None]:
+    """Re-measure one checkpoint; (exit status, its JSON record or None). `datasets` keeps
+    the data loaded for earlier checkpoints."""
     try:
-        model, saved = load_checkpoint(args.checkpoint, device, DTYPES[args.dtype] if args.dtype else None)
+        model, saved = load_checkpoint(path, device, DTYPES[args.dtype] if args.dtype else None,
+                                       recipe=args.recipe)
     except CheckpointError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        return 2, None
+    if saved.get("recipe_warning"):
+        print(f"{parser.prog}: warning: {saved['recipe_warning']}", file=sys.stderr)
     recorded = saved.get("data") or {}
     data_name = args.data or recorded.get("data")
     if not data_name:
@@ -360,15 +436,18 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
             require_synthetic_fits(synthetic_size, device)
     except ValueError as error:
         parser.error(str(error))
+    data_key = (data_name, synthetic_size, data_seed)
     try:
-        data = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
+        if data_key not in datasets:
+            datasets[data_key] = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
+        data = datasets[data_key]
     except DataError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        return 2, None
     config = saved["config"]
     accuracy = evaluate(model, data)
     dtype = next(model.parameters()).dtype
-    print(f"checkpoint: {args.checkpoint} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
+    print(f"checkpoint: {path} | seed {saved.get('seed')} | trained on: {saved.get('data_source')} | "
           f"kernels at training: {saved.get('kernels')} | dtype: {dtype_name(dtype)} | "
           f"device: {device_name(device)}")
     line = f"test accuracy {100 * accuracy:.2f}% on {data.source}"
@@ -376,19 +455,17 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
         line += (f"; recorded {100 * saved['accuracy']:.2f}% "
                  f"(difference {100 * (accuracy - saved['accuracy']):+.2f} points)")
     print(line)
-    if args.json:
-        payload = {
-            "checkpoint": args.checkpoint, "accuracy": accuracy, "recorded_accuracy": saved.get("accuracy"),
-            "difference": None if saved.get("accuracy") is None else accuracy - saved["accuracy"],
-            "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
-            "recipe": saved.get("recipe", "seed"),
-            "trained": {key: saved.get(key) for key in ("seed", "data_source", "data", "dtype", "device", "kernels",
-                                                        "compile", "ema_accuracy", "network_accuracy", "torch")},
-            "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if write_json_or_rescue(args.json, payload) != args.json:
-            return 1
-    return 0
+    payload = {
+        "checkpoint": path, "accuracy": accuracy, "recorded_accuracy": saved.get("accuracy"),
+        "difference": None if saved.get("accuracy") is None else accuracy - saved["accuracy"],
+        "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        "recipe": saved.get("recipe", "seed"),
+        "trained": {key: saved.get(key) for key in ("seed", "data_source", "data", "dtype", "device", "kernels",
+                                                    "compile", "ema_accuracy", "network_accuracy", "torch",
+                                                    "recipe_file", "recipe_sha256")},
+        "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return 0, payload
 
 
 def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:

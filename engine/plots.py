@@ -2,7 +2,9 @@
 
 Left to right: train loss, val accuracy and EMA val accuracy per epoch (each run a
 thin line, their mean a thick one), then the final EMA accuracies of the runs as a
-histogram with the 94% target and the mean marked. matplotlib is an optional extra
+histogram with the 94% target and the mean marked, then each run's seconds (training
+loops, and in all). Every axis is fitted to the data, so close runs stay apart; the
+94% line shows where it falls inside that range. matplotlib is an optional extra
 (`pip install -e ".[plot]"`); `require_matplotlib` says so before any training.
 """
 from __future__ import annotations
@@ -53,6 +55,17 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
     return means
 
 
+def fitted_range(values: list[float], margin: float = 0.1) -> tuple[float, float]:
+    """An axis range around `values` (NaNs left out) with `margin` of their span on each
+    side, at least 0.05 units wide each side, so that equal values still get a range."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    pad = max(margin * (high - low), 0.05)
+    return low - pad, high + pad
+
+
 def plot_runs(runs: list[dict], path, title: str = "") -> str:
     """Draw the figure for `runs` (the JSON's run dicts; failed runs show their finished
     epochs, dashed) and write it to `path` (str or pathlib.Path) atomically; the format
@@ -61,8 +74,8 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
     from matplotlib.figure import Figure     # no pyplot: no display, no global state
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(16, 4.2), layout="constrained")
-    axes = figure.subplots(1, 4)
+    figure = Figure(figsize=(20, 4.2), layout="constrained")
+    axes = figure.subplots(1, 5)
     panels = (("train_loss", "train loss", 1.0), ("val_accuracy", "val accuracy (%)", 100.0),
               ("ema_val_accuracy", "EMA val accuracy (%)", 100.0))
     for ax, (key, label, scale) in zip(axes, panels):
@@ -79,7 +92,8 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
             mean = _mean_curve(curves)
             ax.plot(range(1, len(mean) + 1), mean, lw=2.5, marker="o", color="black", label=f"mean of {len(curves)}")
             ax.legend(loc="best", fontsize=8)
-        if scale == 100.0:
+        if scale == 100.0 and curves:
+            ax.set_ylim(*fitted_range([v for curve in curves for v in curve]))
             ax.axhline(100 * TARGET_ACCURACY, color="tab:red", lw=0.8, ls=":")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -91,7 +105,10 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
               if run.get("status", "ok") == "ok" and run.get("ema_accuracy") is not None]
     ax = axes[3]
     if finals:
-        ax.hist(finals, bins=min(max(len(finals) // 2, 5), 30), color="tab:blue", alpha=0.7)
+        low, high = fitted_range(finals)
+        ax.hist(finals, bins=min(max(len(finals) // 2, 5), 30), range=(low, high), color="tab:blue", alpha=0.7,
+                edgecolor="black", linewidth=0.5)
+        ax.set_xlim(low, high)
         mean = sum(finals) / len(finals)
         ax.axvline(mean, color="black", lw=2, label=f"mean {mean:.2f}%")
     ax.axvline(100 * TARGET_ACCURACY, color="tab:red", ls=":", lw=1.5, label="94%")
@@ -101,6 +118,19 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel("runs")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax = axes[4]
+    timed = [run for run in runs if run.get("status", "ok") == "ok" and run.get("train_seconds") is not None]
+    for key, label in (("train_seconds", "training loops"), ("total_seconds", "in all")):
+        values = [run[key] for run in timed if run.get(key) is not None]
+        if values:
+            mean = sum(values) / len(values)
+            ax.plot(range(1, len(values) + 1), values, marker="o", lw=1, label=f"{label}, mean {mean:.3g} s")
+    ax.set_title("seconds per run")
+    ax.set_xlabel("run")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if timed:
+        ax.legend(loc="best", fontsize=8)
     if title:
         figure.suptitle(title)
 

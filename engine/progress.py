@@ -1,8 +1,9 @@
 """What a run shows while it trains.
 
 Modes:
-  * "bar":   a live tqdm bar over the run's steps (run, epoch, step, steps/s), the
-             per-epoch table printed above it; what "auto" chooses in a terminal
+  * "bar":   a live tqdm bar over the run's steps (run, epoch, step, steps/s; the last
+             epoch's loss and accuracies; "evaluating" while an epoch's end is
+             measured), the per-epoch table printed above it; what "auto" chooses in a terminal
              (tqdm is a dependency; should it be missing, the table instead);
   * "table": the per-epoch table (logs, pipes, no tqdm);
   * "runs":  one line per finished run (the other processes under torchrun);
@@ -38,7 +39,7 @@ class Progress:
         if mode == "bar" and not tqdm_available():
             mode = "table"
         self.mode, self.prefix = mode, prefix
-        self.bar, self.run_name, self.epochs = None, "", 0
+        self.bar, self.run_name, self.epochs, self.steps = None, "", 0, 0
 
     def print(self, text: str):
         """A line for the reader, above the bar when one is live; nothing when quiet."""
@@ -51,7 +52,7 @@ class Progress:
             print(text, file=self.file, flush=True)
 
     def start_run(self, index: int, runs: int, seed: int, steps: int, epochs: int):
-        self.run_name, self.epochs = f"run {index + 1}/{runs} (seed {seed})", epochs
+        self.run_name, self.epochs, self.steps = f"run {index + 1}/{runs} (seed {seed})", epochs, steps
         if self.mode in ("table", "bar"):
             self.print(f"\n{self.run_name}\n{EPOCH_HEADER}")
         if self.mode == "bar":
@@ -62,6 +63,11 @@ class Progress:
     def step(self, steps_done: int):
         if self.bar is not None:
             self.bar.update(steps_done - self.bar.n)
+            per_epoch = self.steps // max(self.epochs, 1)
+            if per_epoch and steps_done % per_epoch == 0:     # the epoch's last step: its end-of-epoch work
+                epoch = steps_done // per_epoch
+                self.bar.set_description_str(f"{self.prefix}{self.run_name.split(' (')[0]} epoch {epoch}/"
+                                             f"{self.epochs} evaluating")
 
     def epoch(self, row: dict):
         if self.mode in ("table", "bar"):

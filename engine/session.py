@@ -100,12 +100,13 @@ class Outputs:
     save: str | None = None
     plot: str | None = None
 
-    def checkpoint(self, seed: int, runs: int) -> str:
-        """--save PATH for one run; PATH with -seedS before its extension for several."""
-        if runs == 1:
+    def checkpoint(self, seed: int, runs: int, point: int | None = None) -> str:
+        """--save PATH for one run; PATH with -seedS before its extension for several, and
+        -pointK-seedS for the runs of point K (from 1) of a sweep."""
+        if runs == 1 and point is None:
             return self.save
         root, extension = os.path.splitext(self.save)
-        return f"{root}-seed{seed}{extension or '.pt'}"
+        return f"{root}{'' if point is None else f'-point{point + 1}'}-seed{seed}{extension or '.pt'}"
 
     def progress(self, world: World, rank: int | None = None) -> str | None:
         """The file a process rewrites after each run: --json itself for one process,
@@ -115,9 +116,10 @@ class Outputs:
         root, extension = os.path.splitext(self.json)
         return f"{root}.rank{world.rank if rank is None else rank}{extension or '.json'}"
 
-    def check(self, seeds: range, world: World = World(), inputs: list[tuple[str, str]] = ()):
+    def check(self, seeds: range, world: World = World(), inputs: list[tuple[str, str]] = (), points: int = 0):
         """OutputError naming the option unless every file can be written: see
-        engine.outputs.check_output_paths; `inputs` (option, path) must not be overwritten."""
+        engine.outputs.check_output_paths; `inputs` (option, path) must not be overwritten;
+        points: the number of points of a sweep (0: not a sweep)."""
         named = []
         if self.json:
             named.append(("--json", self.json))
@@ -131,7 +133,10 @@ class Outputs:
             except ValueError as error:
                 raise OutputError(str(error)) from None
             named.append(("--plot", self.plot))
-        if self.save:
+        if self.save and points:
+            named += [(f"--save (point {point + 1}, seed {seed})", self.checkpoint(seed, len(seeds), point))
+                      for point in range(points) for seed in seeds]
+        elif self.save:
             named += [("--save" if len(seeds) == 1 else f"--save (seed {seed})", self.checkpoint(seed, len(seeds)))
                       for seed in seeds]
         check_output_paths(named, inputs)
@@ -246,8 +251,15 @@ class Session:
             self.finishing = True
             self.show.close()
 
+    def seed_of(self, index: int) -> int:
+        return self.first_seed + index
+
+    def before_run(self, index: int):
+        """Called before run `index` trains (a sweep sets up its point here)."""
+
     def train_one(self, index: int):
-        seed, c = self.first_seed + index, self.config
+        self.before_run(index)
+        seed, c = self.seed_of(index), self.config
         self.show.start_run(index, self.runs, seed, c.total_steps, c.epochs)
         try:
             result = self.trainer.run(self.train, self.test, seed, on_epoch=self.show.epoch,
@@ -270,17 +282,22 @@ class Session:
 
     def save(self, result, record: dict):
         """Write the run's checkpoint, rescued elsewhere if need be; the record says where."""
-        path = self.outputs.checkpoint(result.seed, self.runs)
+        path = self.checkpoint_path(result.seed)
         write = lambda target: save_checkpoint(
             target, result.ema_model, self.config, accuracy=result.ema_accuracy, seed=result.seed,
             ema_accuracy=result.ema_accuracy, network_accuracy=result.accuracy, **self.checkpoint_fields)
         written, message = write_or_rescue(write, path, f"the checkpoint of seed {result.seed}")
         record["checkpoint"] = written
+        if written == path and not self.quiet:
+            self.show.print(f"saved {path}")
         if written != path:
             self.write_errors += 1
             record["checkpoint_error"] = message
             kept = "" if written else "; the run's figures are kept in the summary and the JSON"
             print(f"{self.show.prefix}error: {message}{kept}", file=sys.stderr, flush=True)
+
+    def checkpoint_path(self, seed: int) -> str:
+        return self.outputs.checkpoint(seed, self.runs)
 
     def keep(self, index: int, record: dict):
         """Add a run to the finished ones and rewrite this process's progress file."""
@@ -350,15 +367,16 @@ class Session:
         troubles = any(p["error"] or p["write_errors"] for p in processes) or self.write_errors
         return 1 if troubles or not learned else 0
 
+    def summary_text(self, payload: dict) -> str:
+        return format_summary(payload["summary"], self.data_source, payload["device"], self.config.reported_as)
+
     def report(self, processes: list) -> bool:
         """Print the summary, write the JSON and the plot, from every process's runs in run
         order. Returns whether the JSON is where --json asked (True without --json); counts
         each file not written where asked in write_errors."""
         runs = [record for _, record in sorted((item for p in processes for item in p["runs"]), key=lambda i: i[0])]
         payload = self.payload(runs, complete=True, processes=processes)
-        print(("" if self.quiet else "\n") + format_summary(payload["summary"], self.data_source, payload["device"],
-                                                       self.config.reported_as),
-              flush=True)
+        print(("" if self.quiet else "\n") + self.summary_text(payload), flush=True)
         json_written = True
         if self.outputs.json:
             json_written = write_json_or_rescue(self.outputs.json, payload, self.quiet) == self.outputs.json

@@ -201,6 +201,14 @@ class Trainer:
             # One graph per evaluation batch shape (a recipe's views may use two), never a dynamic one.
             self.logits = torch.compile(self._logits, dynamic=False, **options)
 
+    def use_config(self, config):
+        """Train `config` (the same recipe, e.g. another point of a sweep) from the next run on.
+        The compiled functions are kept: a setting they see as a tensor (the learning rates)
+        changes nothing in them, while new shapes or a setting compiled in as a constant
+        (weight decay, momentum, label smoothing) compile another graph on first use."""
+        require_type("config", config, type(self.config), f"a Config of recipe {self.config.recipe}")
+        self.config = config
+
     def _forward_loss(self, model: nn.Module, images, labels):
         logits = model(images)
         loss = self.config.loss(logits, labels)
@@ -231,6 +239,20 @@ class Trainer:
         model.config = config
         optimizers.reset(config.optimizer_groups(model))
         return self.kept
+
+    def seconds_per_step(self, train: CifarLoader, steps: int = 2) -> float:
+        """Seconds of one training step of this config here, timed over `steps` steps (after
+        one untimed) of the kept network, which every run sets afresh anyway (so compiled
+        code sees the tensors it was compiled for): for an estimate before the runs."""
+        model, _, optimizers = self.networks(self.config)
+        images, labels = next(iter(train.epoch(torch.Generator(device=self.device).manual_seed(0), 0)))
+        self.train_step(model, optimizers, images, labels)
+        timer = Timer(self.device)
+        timer.start()
+        for _ in range(steps):
+            self.train_step(model, optimizers, images, labels)
+        timer.stop()
+        return timer.seconds / steps
 
     def train_step(self, model: nn.Module, optimizers: Optimizers, images, labels):
         loss, correct = self.forward_loss(model, images, labels)

@@ -1,0 +1,147 @@
+"""Sweeps in one process (`--set NAME=V1,V2`, `--recipe A,B`): the grid, typed values and
+their errors, compiled graphs reused across a learning-rate sweep, and the command end to
+end on tiny synthetic data (every point's runs in the JSON, the comparison with the first
+point, Ctrl-C keeping the finished points, both recipes in one command)."""
+import json
+
+import pytest
+import torch
+
+import engine.train
+from engine.checkpoint import read_checkpoint
+from engine.cli import build_parser, main, recipe_config
+from engine.data import make_synthetic
+from engine.ops import make_ops
+from engine.recipe_files import find_recipe
+from engine.recipes import make_config
+from engine.sweep import Setups, compiled_graphs, parse_settings, sweep_points
+
+TINY = ["--data", "synthetic", "--synthetic-size", "256", "--device", "cpu", "--base-width", "4", "--epochs", "2",
+        "--batch-size", "128", "--final-eval-only", "--quiet"]
+
+
+def test_the_grid_is_every_combination_recipes_outermost():
+    seed, muon = find_recipe("seed"), find_recipe("airbench94-muon")
+    settings = parse_settings(["epochs=2,3", "batch_size=128"], [seed, muon])
+    assert settings == [("epochs", [2, 3]), ("batch_size", [128])]
+    points = sweep_points([seed, muon], settings)
+    assert [(p.recipe.name, p.settings) for p in points] == [
+        ("seed", {"epochs": 2, "batch_size": 128}), ("seed", {"epochs": 3, "batch_size": 128}),
+        ("airbench94-muon", {"epochs": 2, "batch_size": 128}), ("airbench94-muon", {"epochs": 3, "batch_size": 128})]
+    assert points[0].label(with_recipe=True) == "seed epochs=2 batch_size=128"
+    assert parse_settings(["flip=false", "ema-decay=0.9"], [seed]) == [("flip", [False]), ("ema_decay", [0.9])]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "nosuch=1"], "--set nosuch: recipe seed has no setting nosuch; its settings: "),
+    (["--set", "lr=fast"], "--set lr=fast: lr takes float values"),
+    (["--set", "lr"], "--set lr: write NAME=VALUE or NAME=V1,V2,..."),
+    (["--set", "lr=0.1", "--set", "lr=0.2"], "--set lr is given twice"),
+    (["--lr", "0.1", "--set", "lr=0.2,0.3"], "--lr and --set lr set the same thing; give it once"),
+    (["--set", "mean=0.5"], "--set mean: a tuple setting cannot be set on the command line"),
+    (["--recipe", "seed,airbench94-muon", "--set", "lr=0.1"], "recipe airbench94-muon has no setting lr"),
+    (["--set", "lr=0.002,-1"], "lr"),
+])
+def test_bad_settings_are_refused_before_the_data(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", "/nonexistent/data.npz", "--device", "cpu", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_learning_rate_sweep_reuses_the_compiled_graphs(monkeypatch):
+    """With torch.compile (its eager backend: the graphs are what is counted, not the code
+    generated from them), changing the learning rate or the EMA decay compiles nothing
+    new; changing the weight decay, a constant in the compiled update, does."""
+    torch._dynamo.reset()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **options: real_compile(fn, backend="eager",
+                                                                                        **options))
+    data = make_synthetic(256, seed=0)
+    base = make_config("seed", train_images=256, batch_size=128, base_width=4, epochs=2)
+    setups = Setups(data, make_ops("eager"), torch.device("cpu"), torch.float32, compile=True,
+                    compile_mode="default", warm_up=True)
+    trainer, train, test, note = setups.get(base)
+    assert note.startswith("warm-up and compilation: ")
+    first = trainer.run(train, test, seed=0)
+    graphs = compiled_graphs()
+    assert graphs > 0
+
+    same_trainer, same_train, same_test, note = setups.get(base.replace(lr=base.lr / 3, ema_decay=0.9))
+    assert (same_trainer, same_train, same_test) == (trainer, train, test)
+    assert note.endswith("; nothing compiled again")
+    second = trainer.run(train, test, seed=0)
+    assert compiled_graphs() == graphs                   # the learning rate is a tensor in the graphs
+    assert second.epochs[-1]["train_loss"] != first.epochs[-1]["train_loss"]     # and it did change
+
+    _, _, _, note = setups.get(base.replace(weight_decay=base.weight_decay / 2))
+    assert compiled_graphs() > graphs and "graph(s) compiled again for this point" in note
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_a_two_point_sweep_keeps_every_run_with_its_point_and_compares_with_the_first(tmp_path, capsys):
+    out, save = tmp_path / "sweep.json", tmp_path / "m.pt"
+    status = main([*TINY, "--set", "lr=0.004,0.002", "--runs", "2", "--json", str(out), "--save", str(save)])
+    assert status in (0, 1)         # 1 only if no run learned anything (tiny data)
+    text = capsys.readouterr().out
+    assert "sweep over 2 points, 2 run(s) each" in text
+    assert "point 1  lr=0.004" in text and "point 2  lr=0.002" in text and "vs point 1: result " in text
+    report = read_json(out)
+    assert report["complete"] and not report["interrupted"]
+    assert [(run["point"], run["seed"]) for run in report["runs"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [point["settings"] for point in report["points"]] == [{"lr": 0.004}, {"lr": 0.002}]
+    assert [point["config"]["lr"] for point in report["points"]] == [0.004, 0.002]
+    assert [point["summary"]["runs"] for point in report["points"]] == [2, 2]
+    assert report["sweep"] == {"runs_per_point": 2, "recipes": ["seed"], "settings": {"lr": [0.004, 0.002]}}
+    comparison = report["comparisons"][0]
+    accuracies = [[run["ema_accuracy"] for run in report["runs"] if run["point"] == k] for k in (0, 1)]
+    assert comparison["point"] == 1
+    assert comparison["ema_accuracy"]["difference"] == pytest.approx(sum(accuracies[1]) / 2 - sum(accuracies[0]) / 2)
+    for point in (1, 2):
+        for seed in (0, 1):
+            saved = read_checkpoint(tmp_path / f"m-point{point}-seed{seed}.pt")
+            assert saved["config"]["lr"] == [0.004, 0.002][point - 1] and saved["seed"] == seed
+
+
+def test_one_value_of_set_is_a_plain_override():
+    args = build_parser().parse_args(["--set", "lr=0.003", "--set", "label_smoothing=0.1", "--epochs", "3"])
+    recipe = find_recipe(args.recipe)
+    points = sweep_points([recipe], parse_settings(args.set, [recipe]))
+    assert len(points) == 1                                  # not a sweep
+    config = recipe_config(args, recipe, 1024, points[0].settings)
+    assert (config.lr, config.label_smoothing, config.epochs, config.ema_epochs) == (0.003, 0.1, 3, 2)
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, capsys):
+    real_run, calls = engine.train.Trainer.run, []
+
+    def run_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:              # the first run of the second point
+            raise KeyboardInterrupt
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.train.Trainer, "run", run_then_interrupt)
+    out = tmp_path / "sweep.json"
+    assert main([*TINY, "--set", "lr=0.004,0.002", "--runs", "2", "--json", str(out)]) == 130
+    report = read_json(out)
+    assert report["complete"] and report["interrupted"]
+    assert [run["point"] for run in report["runs"]] == [0, 0]
+    assert [point["summary"]["runs"] for point in report["points"]] == [2, 0]
+    assert "point 2  lr=0.002  0 run(s)" in capsys.readouterr().out
+
+
+def test_both_recipes_in_one_command(tmp_path, capsys):
+    out, save = tmp_path / "both.json", tmp_path / "m.pt"
+    main([*TINY, "--recipe", "seed,airbench94-muon", "--json", str(out), "--save", str(save)])
+    report = read_json(out)
+    assert [(p["recipe"], p["label"], p["reported_as"]) for p in report["points"]] == [
+        ("seed", "seed", "EMA accuracy"), ("airbench94-muon", "airbench94-muon", "accuracy")]
+    assert [run["point"] for run in report["runs"]] == [0, 1]
+    assert all(run["status"] == "ok" for run in report["runs"])
+    assert report["points"][1]["config"]["muon_lr"] == make_config("airbench94-muon").muon_lr
+    assert read_checkpoint(tmp_path / "m-point2-seed0.pt")["recipe"] == "airbench94-muon"
+    assert "point 2  airbench94-muon" in capsys.readouterr().out
