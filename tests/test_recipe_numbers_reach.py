@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from engine.cli import OVERRIDES, build_parser, recipe_config
+from engine.recipe_files import find_recipe
 from engine.data import make_synthetic
 from engine.api import fit
 from engine.recipes import RECIPES
@@ -132,7 +133,7 @@ def test_every_override_the_recipe_takes_reaches_its_field(recipe):
         if field == "ema_epochs" and value == default.ema_epochs:
             value = default.ema_epochs - 1
         args = build_parser().parse_args(["--recipe", recipe, option, str(value)])
-        config = recipe_config(args, 50_000)
+        config = recipe_config(args, find_recipe(recipe), 50_000)
         assert getattr(config, field) == pytest.approx(value) and not math.isnan(getattr(config, field)), option
         tried += 1
     assert tried >= 4
