@@ -99,11 +99,12 @@ def register_op(name: str, fake: Callable):
 
 
 def launcher(kernel):
-    """What a launch function calls as `launcher(kernel)[grid](...)`: on GPUs
-    `wrap_triton(kernel)`, so that a triton_op traced by torch.compile records the launch;
-    in the interpreter the kernel itself, since its launch function is an opaque custom_op
-    that is never traced (and torch 2.11's wrap_triton refuses the interpreter's kernels)."""
-    if interpreting():
+    """What a launch function calls as `launcher(kernel)[grid](...)`: for a compiled
+    kernel `wrap_triton(kernel)`, so that a triton_op traced by torch.compile records the
+    launch; for the interpreter's kernels (TRITON_INTERPRET=1) the kernel itself, since their
+    launch function is an opaque custom_op that is never traced (and torch 2.11's
+    wrap_triton refuses them). Decided by the kernel's own type, not the environment."""
+    if not isinstance(kernel, triton.runtime.JITFunction):
         return kernel
     return torch.library.wrap_triton(kernel)
 

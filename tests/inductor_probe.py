@@ -52,6 +52,9 @@ class TargetOnlyDriver:
     def get_current_device(self):
         return 0
 
+    def get_current_stream(self, device=None):     # triton 3.6's wrap_triton asks for it when tracing
+        return 0
+
 
 triton.runtime.driver.set_active(TargetOnlyDriver())
 MODULES = ["gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance"]

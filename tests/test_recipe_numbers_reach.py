@@ -28,13 +28,14 @@ TINY = dict(base_width=4, train_images=128, batch_size=32, test_batch_size=64, e
             ema_epochs=1, whiten_images=64, whiten_bias_epochs=1)
 # Fields that bound memory or batching only, and do not change what is computed.
 NOT_ARITHMETIC = {"whiten_chunk", "test_batch_size"}
+# Fields whose effect a float32 run need not show, each proved by its own test below: the
+# loss scale is divided out again (in float32 it moves at most the rounding, on some torch
+# versions not even that); in half precision it multiplies every loss.
+OWN_TEST = {"loss_scale": "test_the_loss_scale_reaches_the_half_precision_products"}
 # Changes that a plain halving would not make visible (e.g. an epsilon far below the
 # variances it is added to), or that need a value of their own kind.
 CHANGED = {"bn_eps": 0.5, "initial_lr_ratio": 0.5, "cutout": 6, "ema_epochs": 2, "whiten_images": 32,
-           "whiten_bias_epochs": 2, "whiten_kernel": 3, "base_width": 6,
-           # The loss scale only moves rounding (it is divided out again): a power of two
-           # would not even do that, 0.1 does.
-           "loss_scale": 0.1}
+           "whiten_bias_epochs": 2, "whiten_kernel": 3, "base_width": 6}
 RECIPE_CLASSES = {cls: name for name, (cls, _) in reversed(list(RECIPES.items()))}   # first name each
 
 
@@ -57,7 +58,7 @@ def changed_value(name, value):
 def cases():
     for cls, name in RECIPE_CLASSES.items():
         for field in dataclasses.fields(cls):
-            if field.name not in NOT_ARITHMETIC:
+            if field.name not in NOT_ARITHMETIC and field.name not in OWN_TEST:
                 yield pytest.param(cls, field.name, id=f"{name}-{field.name}")
 
 
@@ -137,3 +138,27 @@ def test_every_override_the_recipe_takes_reaches_its_field(recipe):
         assert getattr(config, field) == pytest.approx(value) and not math.isnan(getattr(config, field)), option
         tried += 1
     assert tried >= 4
+
+
+def test_the_loss_scale_reaches_the_half_precision_products():
+    """The per-sample losses are multiplied by the run's loss_scale in the logits' dtype
+    before the sum and divided after it. In float16, 64 losses of about 20 times the recipe's
+    1/16 are exact (a power of two) and their sum is the float64 sum to float16's rounding;
+    times 4096 each product passes float16's 65,504 and the loss is infinite. So the run's
+    loss_scale, not the class default, is what multiplies."""
+    from engine.recipes.seed import Config, loss_function
+    labels = torch.arange(64) % 10
+    logits = torch.zeros(64, 10)
+    logits[torch.arange(64), (labels + 1) % 10] = 20.0       # confidently wrong: a loss of about 20 each
+    logits = logits.half()
+    exact = loss_function(logits.double(), labels, Config()).item()
+    scaled = loss_function(logits, labels, Config())
+    assert scaled.dtype == torch.float16 and scaled.item() == pytest.approx(exact, rel=1e-3)
+    assert math.isinf(loss_function(logits, labels, Config(loss_scale=4096.0)).item())
+    assert math.isfinite(loss_function(logits.float(), labels, Config(loss_scale=4096.0)).item())
+
+
+def test_each_field_excused_from_the_run_check_is_a_field_with_a_test_of_its_own():
+    fields = set().union(*(cls.field_names() for cls in RECIPE_CLASSES))
+    assert set(OWN_TEST) | NOT_ARITHMETIC <= fields
+    assert all(callable(globals().get(test)) and test.startswith("test_") for test in OWN_TEST.values())
