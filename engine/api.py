@@ -93,7 +93,8 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
     shown = Progress("auto" if progress else "quiet")
     shown.start_run(0, 1, seed, config.total_steps, config.epochs)
     try:
-        result = trainer.run(train, test, seed, on_epoch=shown.epoch, on_step=shown.step)
+        result = trainer.run(train, test, seed, on_epoch=shown.epoch, on_step=shown.step,
+                             on_loss=shown.loss)
     finally:
         shown.close()
     shown.end_run(final_line(result, config, flag_learned_nothing(result, len(data.test_labels))))

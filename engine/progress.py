@@ -1,16 +1,17 @@
 """What a run shows while it trains.
 
 Modes:
-  * "bar":   a live tqdm bar over the run's steps (run, epoch, step, steps/s; the last
-             epoch's loss and accuracies; "evaluating" while an epoch's end is
-             measured), the per-epoch table printed above it; what "auto" chooses in a terminal
+  * "bar":   a live tqdm bar over the run's steps (run, epoch, step, steps/s; the
+             current epoch's running loss, the last epoch's accuracies; "evaluating"
+             while an epoch's end is measured), the per-epoch table printed above it; what "auto" chooses in a terminal
              (tqdm is a dependency; should it be missing, the table instead);
   * "table": the per-epoch table (logs, pipes, no tqdm);
   * "runs":  one line per finished run (the other processes under torchrun);
   * "quiet": nothing per run (`--quiet`); the summary is still printed by the caller.
 
-No host syncs are added: per step the bar only sees a Python int; losses and
-accuracies appear at the end of an epoch, where the recipe reads them anyway.
+No host syncs are added: per step the bar sees a Python int, and the running loss
+as the trainer's finite-loss check reads it (on CUDA from non-blocking copies that
+have landed); accuracies appear at the end of an epoch, where they are read anyway.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Progress:
             mode = "table"
         self.mode, self.prefix = mode, prefix
         self.bar, self.run_name, self.epochs, self.steps = None, "", 0, 0
+        self.shown = {}                         # the bar's postfix: loss, then the last epoch's accuracies
 
     def print(self, text: str):
         """A line for the reader, above the bar when one is live; nothing when quiet."""
@@ -57,6 +59,7 @@ class Progress:
             self.print(f"\n{self.run_name}\n{EPOCH_HEADER}")
         if self.mode == "bar":
             from tqdm import tqdm
+            self.shown = {}
             self.bar = tqdm(total=steps, file=self.file, unit="step", dynamic_ncols=True, leave=False,
                             desc=f"{self.prefix}run {index + 1}/{runs} epoch 1/{epochs}")
 
@@ -69,16 +72,22 @@ class Progress:
                 self.bar.set_description_str(f"{self.prefix}{self.run_name.split(' (')[0]} epoch {epoch}/"
                                              f"{self.epochs} evaluating")
 
+    def loss(self, mean: float):
+        """The current epoch's running mean loss, shown on the bar."""
+        if self.bar is not None:
+            self.shown["loss"] = f"{mean:.4f}"
+            self.bar.set_postfix(self.shown, refresh=False)
+
     def epoch(self, row: dict):
         if self.mode in ("table", "bar"):
             self.print(format_epoch_row(row))
         if self.bar is not None:
             self.bar.set_description_str(f"{self.prefix}{self.run_name.split(' (')[0]} "
                                          f"epoch {min(row['epoch'] + 1, self.epochs)}/{self.epochs}")
-            shown = {"loss": f"{row['train_loss']:.4f}", "acc": f"{100 * row['train_accuracy']:.1f}%"}
+            self.shown = {"loss": f"{row['train_loss']:.4f}", "acc": f"{100 * row['train_accuracy']:.1f}%"}
             if row.get("val_accuracy") is not None:
-                shown["val"] = f"{100 * row['val_accuracy']:.2f}%"
-            self.bar.set_postfix(shown, refresh=False)
+                self.shown["val"] = f"{100 * row['val_accuracy']:.2f}%"
+            self.bar.set_postfix(self.shown, refresh=False)
 
     def end_run(self, text: str):
         """Close the bar and print the run's final line ('runs' mode names the run in it)."""

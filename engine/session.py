@@ -263,7 +263,8 @@ class Session:
         self.show.start_run(index, self.runs, seed, c.total_steps, c.epochs)
         try:
             result = self.trainer.run(self.train, self.test, seed, on_epoch=self.show.epoch,
-                                      on_step=self.show.step, evaluate_every_epoch=self.evaluate_every_epoch)
+                                      on_step=self.show.step, on_loss=self.show.loss,
+                                      evaluate_every_epoch=self.evaluate_every_epoch)
         except TrainingDiverged as error:
             self.show.close()
             print(f"{self.show.prefix}run {index + 1} (seed {seed}) failed: {error}; going on with the next run",

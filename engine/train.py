@@ -96,39 +96,50 @@ class Timer:
 
 class FiniteLossCheck:
     """Stops a run within a few steps of its loss turning NaN or infinite, without a host
-    sync: on CUDA, every `every` steps an on-device "loss sum is finite" flag is copied to
-    pinned host memory (non_blocking) behind a recorded event, and read only once the event
-    has completed, so the check lags a few steps but never waits. On the CPU it reads the
-    flag directly. The loss sum covers every step of the epoch, so no bad step is missed."""
+    sync, and keeps the epoch's running mean loss for the progress bar: on CUDA, every
+    `every` steps the on-device loss sum is copied to pinned host memory (non_blocking)
+    behind a recorded event, and read only once the event has completed, so the check lags
+    a few steps but never waits. On the CPU it reads the sum directly. The loss sum covers
+    every step of the epoch, so no bad step is missed."""
 
     def __init__(self, device: torch.device, config, optimizers: Optimizers, every: int = 4, slots: int = 8):
         self.cuda, self.config, self.optimizers = device.type == "cuda", config, optimizers
         self.every = every if self.cuda else 1
         self.last_good = 0                          # steps done at the last check that passed
+        self.epoch_loss = None                      # mean loss per sample of the epoch so far, as last read
         if self.cuda:
-            self.flags = torch.ones(slots, dtype=torch.bool, pin_memory=True)
+            self.sums = torch.zeros(slots, dtype=torch.float32, pin_memory=True)
             self.free, self.pending = list(range(slots)), deque()
 
-    def __call__(self, loss_sum: torch.Tensor, steps_done: int, epochs=()):
+    def start_epoch(self):
+        self.epoch_loss = None
+
+    def __call__(self, loss_sum: torch.Tensor, steps_done: int, epochs=(), samples: int = 0):
+        """`samples`: the training images the epoch's `loss_sum` covers so far."""
         if self.cuda:
             self.poll(epochs)
         if steps_done % self.every:
             return
         if not self.cuda:
-            self.verdict(bool(torch.isfinite(loss_sum)), steps_done, epochs)
+            self.read(float(loss_sum), steps_done, samples, epochs)
         elif self.free:                             # every slot still in flight: skip, never block
             slot = self.free.pop()
-            self.flags[slot:slot + 1].copy_(torch.isfinite(loss_sum).view(1), non_blocking=True)
+            self.sums[slot:slot + 1].copy_(loss_sum.detach().float().view(1), non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self.pending.append((event, slot, steps_done))
+            self.pending.append((event, slot, steps_done, samples))
 
     def poll(self, epochs=()):
-        """Read the flags whose copies have landed (all of them after a synchronisation)."""
+        """Read the sums whose copies have landed (all of them after a synchronisation)."""
         while self.cuda and self.pending and self.pending[0][0].query():
-            _, slot, steps_done = self.pending.popleft()
+            _, slot, steps_done, samples = self.pending.popleft()
             self.free.append(slot)
-            self.verdict(bool(self.flags[slot]), steps_done, epochs)
+            self.read(float(self.sums[slot]), steps_done, samples, epochs)
+
+    def read(self, loss_sum: float, steps_done: int, samples: int, epochs=()):
+        if samples and math.isfinite(loss_sum):
+            self.epoch_loss = loss_sum / samples
+        self.verdict(math.isfinite(loss_sum), steps_done, epochs)
 
     def verdict(self, finite: bool, steps_done: int, epochs=()):
         """Raise TrainingDiverged, naming the step and the learning rate, unless `finite`."""
@@ -283,9 +294,12 @@ class Trainer:
         return seconds
 
     def run(self, train: CifarLoader, test: CifarLoader, seed: int, on_epoch: Callable | None = None,
-            config=None, evaluate_every_epoch: bool = True, on_step: Callable | None = None) -> RunResult:
+            config=None, evaluate_every_epoch: bool = True, on_step: Callable | None = None,
+            on_loss: Callable | None = None) -> RunResult:
         """Train one network from scratch; `on_epoch(row)` sees each epoch's table row and
-        `on_step(steps_done)` a plain int after every step (progress bars: no sync).
+        `on_step(steps_done)` a plain int after every step (progress bars: no sync), and
+        `on_loss(mean)` the epoch's running mean loss whenever a newer one has been read
+        (each step on the CPU; on CUDA as the finite check's copies land, never waiting).
         With `evaluate_every_epoch` False, only the last epoch is evaluated (benchmarks).
         `config` overrides the schedule-related fields for the warm-up only.
         Raises TrainingDiverged within a few steps of a NaN or infinite loss."""
@@ -314,9 +328,10 @@ class Trainer:
             epoch_timer = Timer(self.device)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
             correct = torch.zeros((), device=self.device, dtype=torch.int64)
+            finite_check.start_epoch()
             for timer in (total_timer, train_timer, epoch_timer):
                 timer.start()
-            for images, labels in train.epoch(generator, epoch):
+            for epoch_step, (images, labels) in enumerate(train.epoch(generator, epoch), 1):
                 optimizers.set_step(step)
                 loss, batch_correct = self.train_step(model, optimizers, images, labels)
                 loss_sum += loss.float()
@@ -324,9 +339,12 @@ class Trainer:
                 if ema is not None and c.ema_updates_after(step):
                     ema.update(model, c.ema_step_decay)
                 step += 1
-                finite_check(loss_sum, step, result.epochs)
+                shown_loss = finite_check.epoch_loss
+                finite_check(loss_sum, step, result.epochs, samples=epoch_step * c.batch_size)
                 if on_step:
                     on_step(step)
+                if on_loss and finite_check.epoch_loss is not shown_loss:
+                    on_loss(finite_check.epoch_loss)
             for timer in (total_timer, train_timer, epoch_timer):
                 timer.stop()
 

@@ -77,3 +77,30 @@ def test_a_cpu_run_says_how_long_it_will_take_before_it_starts():
         "on this CPU: about 30 s per step, so about 485 min of training per run, 970 min for all 2 "
         "(evaluations extra); --base-width 16 and fewer --epochs make quick CPU runs, a GPU the real ones")
     assert "; --base-width" not in cpu_estimate(0.01, config, runs=1)
+
+
+def test_the_bar_shows_the_current_epochs_running_loss():
+    """Trainer.run hands the bar the epoch's running mean loss as it goes (each step on the
+    CPU); the epoch's last value is the epoch's train_loss, and the bar shows it."""
+    config = make_config("seed", train_images=256, batch_size=64, base_width=4, epochs=2, ema_epochs=0)
+    data = make_synthetic(256, seed=0, test_size=64)
+    train = CifarLoader(data.train_images, data.train_labels, config, True, "cpu", torch.float32)
+    test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
+    trainer = Trainer(config, make_ops("eager"), "cpu", torch.float32)
+    progress = Progress("bar", file=io.StringIO())
+    progress.start_run(0, 1, seed=0, steps=config.total_steps, epochs=config.epochs)
+    seen, rows, bars = [], [], []
+
+    def on_loss(mean):
+        seen.append(mean)
+        progress.loss(mean)
+        bars.append(str(progress.bar))
+
+    trainer.run(train, test, 0, on_epoch=rows.append, on_loss=on_loss)
+    progress.close()
+    steps = config.steps_per_epoch
+    assert len(seen) == config.total_steps == 2 * steps
+    for epoch, row in enumerate(rows):
+        assert seen[(epoch + 1) * steps - 1] == pytest.approx(row["train_loss"], rel=1e-6)
+    assert seen[0] != pytest.approx(seen[steps - 1], rel=1e-6)      # a running mean, not the last epoch's
+    assert f"loss={seen[1]:.4f}" in bars[1]
