@@ -2,7 +2,7 @@
 """Train the hlb-CIFAR10 speed-run recipe: `python run.py --compile` (see README.md)."""
 import sys
 
-from engine.cli import main
+from engine.options import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,9 @@ import os
 import numpy as np
 import torch
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+from engine.options import DTYPE_NAMES
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}     # --dtype's names (engine/options.py)
 SEED_RANGE = (0, 2**64 - 1)          # what torch.manual_seed and numpy's generators both accept
 # Peak bytes per synthetic training image (its fifth of test images included): on the host
 # while the images are generated (float64 temporaries; about 77 kB measured), on the device

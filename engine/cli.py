@@ -1,7 +1,6 @@
 """The command line: `python run.py [options]`. See README.md for every option."""
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import sys
@@ -15,135 +14,16 @@ from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_f
 from engine.data import DataError, convert, load_cifar10
 from engine.distributed import World, barrier, finish, start, world_from_env
 from engine.errors import explain
-from engine.ops import KERNEL_CHOICES, make_ops
+from engine.ops import make_ops
+from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, build_evaluate_parser, build_parser,
+                            program_name)
 from engine.outputs import OutputError
 from engine.plots import require_matplotlib
 from engine.progress import Progress
 from engine.recipe_files import find_recipe
-from engine.recipes import DEFAULT_RECIPE, RECIPES
 from engine.report import device_name, environment
 from engine.session import Outputs, Session, write_json_or_rescue
 from engine.sweep import Setups, SweepSession, parse_settings, sweep_points
-from engine.train import COMPILE_MODES
-
-SYNTHETIC_SIZE = 50_000              # --synthetic-size when not given
-
-# Recipe overrides: option -> (Config field, type, what it is). Each applies to the recipes
-# whose Config has that field; given with another recipe, it is refused.
-OVERRIDES = {
-    "--epochs": ("epochs", "positive_int", "training epochs"),
-    "--batch-size": ("batch_size", "positive_int", "training batch size"),
-    "--base-width": ("base_width", "positive_int", "every layer's width scales with it (small: quick CPU runs)"),
-    "--label-smoothing": ("label_smoothing", float, "label smoothing of the cross-entropy"),
-    "--lr": ("lr", float, "peak learning rate of the non-bias group"),
-    "--weight-decay": ("weight_decay", float, "weight decay of the non-bias group"),
-    "--momentum": ("momentum", float, "Nesterov momentum"),
-    "--ema-epochs": ("ema_epochs", "non_negative_int",
-                     "last epochs run with EMA and at the final lr (at most --epochs - 1)"),
-    "--ema-decay": ("ema_decay", float, "EMA decay per step"),
-    "--cutout": ("cutout", "non_negative_int", "cutout square size (0: off)"),
-    "--whiten-chunk": ("whiten_chunk", "positive_int",
-                       "images per whitening statistics chunk (lower it if whitening runs out of memory)"),
-}
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def program_name(argv0: str) -> str:
-    """How the user started us, for messages: the installed command or run.py."""
-    return "cifar-speedrun" if os.path.basename(argv0) == "cifar-speedrun" else "run.py"
-
-
-def invocation(prog: str) -> str:
-    return "python run.py" if prog == "run.py" else prog
-
-
-def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
-    command = invocation(prog)
-    p = argparse.ArgumentParser(
-        prog=prog, description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10's by default, "
-                               "or airbench94 with Muon.",
-        epilog=f"`{command} evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
-               f"--save. `{command} convert SRC OUT.npz` writes any data source as one .npz. "
-               f"`{command} compare A.json B.json` says whether a change helped (Welch's t-test). "
-               "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
-               "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="data",
-                   help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
-                        "test_images, test_labels), an image folder (ROOT/train/<class>/*.png|jpg, "
-                        "ROOT/test/<class>/*) or 'synthetic' (default: data)")
-    g.add_argument("--data-label", metavar="TEXT",
-                   help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)' (default: from --data)")
-    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
-    g.add_argument("--synthetic-size", type=positive_int, default=None,
-                   help=f"training images of --data synthetic; test images are a fifth (default {SYNTHETIC_SIZE})")
-    g = p.add_argument_group("device and speed")
-    g.add_argument("--device", default=None,
-                   help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
-    g.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="network dtype (default: float16 on CUDA, float32 on CPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    g.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
-                   help="torch.compile mode, with --compile (default: default)")
-    g.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
-                   help="elementwise kernels: triton or eager twins (default: triton on CUDA, eager on CPU)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="torch's deterministic algorithms and cuDNN settings on CUDA (slower; see README)")
-    g = p.add_argument_group("runs and output")
-    g.add_argument("--runs", type=positive_int, default=1, help="independent runs (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed+i (default 0)")
-    g.add_argument("--json", metavar="PATH", help="write every run and the summary to this JSON file")
-    g.add_argument("--plot", metavar="PATH.png",
-                   help="draw every run's training curves and the spread of final accuracies (needs matplotlib)")
-    g.add_argument("--save", metavar="PATH",
-                   help="write each run's reported network (the EMA network for the seed recipes) with its "
-                        "recipe, config, data and accuracy (with "
-                        f"--runs above 1, PATH gets -seedS before its extension); see `{prog} evaluate`")
-    g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
-    g.add_argument("--final-eval-only", action="store_true",
-                   help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
-    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
-    g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="{" + ",".join(RECIPES) + "}|FILE.py|MODULE[,...]",
-                   help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
-                        "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
-                        "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
-                        "(my_recipe.py) or module (package.module), see docs/own-recipe.md. Several, comma-separated: "
-                        "a sweep over them, on the same data and seeds")
-    g.add_argument("--set", action="append", default=[], metavar="NAME=V1[,V2...]",
-                   help="set any field of the recipe's Config (e.g. lr=0.002, dropout=0.1); several values: "
-                        "a sweep, --runs runs of each; repeated: every combination (one process, data loaded "
-                        "once, compiled graphs reused)")
-    g = p.add_argument_group("recipe overrides (default: the recipe's own; refused where the recipe has no "
-                             "such setting)")
-    for option, (field, kind, meaning) in OVERRIDES.items():
-        g.add_argument(option, dest=field, default=None, metavar=field.upper(),
-                       type={"positive_int": positive_int, "non_negative_int": non_negative_int}.get(kind, kind),
-                       help=f"{meaning} ({override_defaults(field)})")
-    return p
-
-
-def override_defaults(field: str) -> str:
-    """'seed 10, seed-long 80, airbench94-muon 8': the recipes that have `field`, with their defaults."""
-    shown = []
-    for name, (cls, preset) in RECIPES.items():
-        if field in cls.field_names():
-            value = preset.get(field, getattr(cls, field))
-            shown.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
-    return ", ".join(shown).replace("%", "%%")
-
 
 def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
     if name is None:
@@ -347,27 +227,6 @@ def cpu_estimate(step_seconds: float, config, runs: int) -> str:
     return line
 
 
-def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{prog} evaluate",
-                                description=f"Reload a network saved with `{prog} --save` and measure its test "
-                                            "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
-                                            "training.")
-
-    p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
-                   help=f"one or more files written by {prog} --save, or a quoted glob pattern ('runs/m-*.pt')")
-    p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, a recipe file or a "
-                                                      "module (default: what the checkpoint records)")
-    p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
-    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
-    p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
-    p.add_argument("--data-seed", type=int, help="for --data synthetic (default: as recorded)")
-    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
-    p.add_argument("--dtype", choices=DTYPES, help="(default: the saved network's)")
-    p.add_argument("--json", metavar="PATH", help="write both accuracies, the checkpoint's record, device and "
-                                                  "versions to this JSON file")
-    return p
-
-
 def checkpoint_paths(given: list[str]) -> list[str]:
     """--checkpoint's paths, a glob pattern (quoted, so that the shell leaves it) expanded to
     the files it matches, sorted. ValueError for a pattern that matches nothing."""
@@ -466,17 +325,6 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
         "config": config.to_dict(), **environment(device), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return 0, payload
-
-
-def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{prog} convert",
-                                description="Write a CIFAR-10 source as one .npz file (train_images, train_labels, "
-                                            "test_images, test_labels, classes): the quickest to load and to copy.")
-    p.add_argument("source", metavar="SRC", help="a torchvision CIFAR-10 root, an image folder "
-                                                 "(ROOT/train/<class>/*, ROOT/test/<class>/*) or an .npz file")
-    p.add_argument("out", metavar="OUT.npz", help="the file to write (atomically: replaced only when complete)")
-    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into SRC first")
-    return p
 
 
 def convert_main(argv, prog: str = "run.py") -> int:

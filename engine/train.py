@@ -25,9 +25,9 @@ from engine.config import RecipeConfig
 from engine.data import CifarLoader
 from engine.evaluation import evaluate
 from engine.ops import Ops
+from engine.options import COMPILE_MODES
 from engine.optim import Optimizers, update_groups_
 
-COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,0 +1,294 @@
+"""What the command line accepts: its parsers, their choices and the recipes' defaults
+they show, and the front door that answers `--help` before torch is imported.
+
+Nothing here imports torch (a `--help` answers at once): the built-in recipes' names,
+presets and defaults are read from the source of engine/recipes/ (their `Config` fields,
+their `PRESETS`), tests/test_options.py holds what is read to the imported classes, and the
+engine's own modules take their menus (dtypes, kernels, compile modes) from here.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import operator
+import os
+import sys
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
+KERNEL_CHOICES = ("eager", "triton")
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
+ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+HELP_FLAGS = ("-h", "--help")
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """`python run.py ...` and the `cifar-speedrun` command: a request for help is answered
+    here, from the torch-free parsers; everything else goes to engine.cli.main."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or program_name(sys.argv[0])
+    if any(flag in argv[:argv.index("--")] if "--" in argv else flag in argv for flag in HELP_FLAGS):
+        parser = help_parser(argv, prog)
+        if parser is not None:
+            try:
+                parser.parse_args(argv[1:] if argv[:1] in (["evaluate"], ["convert"], ["compare"]) else argv)
+            except SystemExit as exit:          # argparse printed the help (0) or an error (2)
+                return exit.code if isinstance(exit.code, int) else 1
+    from engine.cli import main as run
+    return run(argv, prog)
+
+
+def help_parser(argv: list, prog: str):
+    """The parser that answers `argv`'s --help (None: let the full program answer)."""
+    if argv[:1] == ["evaluate"]:
+        return build_evaluate_parser(prog)
+    if argv[:1] == ["convert"]:
+        return build_convert_parser(prog)
+    if argv[:1] == ["compare"]:
+        from engine.compare import build_compare_parser      # torch-free as well
+        return build_compare_parser(prog)
+    return build_parser(prog)
+
+
+# --------------------------------------------------------------------------- the recipes' defaults
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def _value(node: ast.AST, where: str):
+    """A default written as a literal or arithmetic on literals (`1.15 * 1.35 / 512`)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Tuple):
+        return tuple(_value(item, where) for item in node.elts)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_value(node.operand, where))
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_value(node.left, where), _value(node.right, where))
+    raise ValueError(f"{where}:{node.lineno}: a recipe default must be a literal or arithmetic on literals "
+                     f"(the command line reads it without importing the recipe)")
+
+
+@functools.lru_cache(maxsize=None)
+def _module_tree(path: str) -> ast.Module:
+    with open(path, encoding="utf-8") as file:
+        return ast.parse(file.read(), path)
+
+
+def _module_path(module: str) -> str:
+    return os.path.join(os.path.dirname(ENGINE_DIR), *module.split(".")) + ".py"
+
+
+def _literals(path: str) -> dict:
+    """The module's top-level `NAME = literal` assignments."""
+    found = {}
+    for node in _module_tree(path).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return found
+
+
+def _class_defaults(path: str, name: str) -> dict:
+    """{field: default} of dataclass `name` in the module at `path`, its bases' first
+    (a base imported with `from engine.x import Y` is read from engine/x.py)."""
+    tree = _module_tree(path)
+    imported = {alias.asname or alias.name: (node.module, alias.name) for node in tree.body
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine")
+                for alias in node.names}
+    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name)
+    fields = {}
+    for base in cls.bases:
+        if isinstance(base, ast.Name) and base.id in imported:
+            module, base_name = imported[base.id]
+            fields.update(_class_defaults(_module_path(module), base_name))
+        elif isinstance(base, ast.Name):
+            fields.update(_class_defaults(path, base.id))
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            continue
+        annotation = node.annotation
+        if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", None) == "ClassVar":
+            continue
+        if isinstance(annotation, ast.Constant) and str(annotation.value).startswith("ClassVar"):
+            continue
+        fields[node.target.id] = _value(node.value, path)
+    return fields
+
+
+@functools.lru_cache(maxsize=None)
+def _recipes_package() -> dict:
+    return _literals(os.path.join(ENGINE_DIR, "recipes", "__init__.py"))
+
+
+@functools.lru_cache(maxsize=None)
+def built_in_recipes() -> dict:
+    """{--recipe name: {field: default}} of every built-in recipe and preset, in
+    engine/recipes' order."""
+    recipes = {}
+    for module in _recipes_package()["BUILT_IN"]:
+        path = os.path.join(ENGINE_DIR, "recipes", f"{module}.py")
+        fields = _class_defaults(path, "Config")
+        for name, preset in _literals(path)["PRESETS"].items():
+            recipes[name] = {**fields, **preset}
+    return recipes
+
+
+def default_recipe() -> str:
+    return _recipes_package()["DEFAULT_RECIPE"]
+
+
+# --------------------------------------------------------------------------- the parsers
+SYNTHETIC_SIZE = 50_000              # --synthetic-size when not given
+
+# Recipe overrides: option -> (Config field, type, what it is). Each applies to the recipes
+# whose Config has that field; given with another recipe, it is refused.
+OVERRIDES = {
+    "--epochs": ("epochs", "positive_int", "training epochs"),
+    "--batch-size": ("batch_size", "positive_int", "training batch size"),
+    "--base-width": ("base_width", "positive_int", "every layer's width scales with it (small: quick CPU runs)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing of the cross-entropy"),
+    "--lr": ("lr", float, "peak learning rate of the non-bias group"),
+    "--weight-decay": ("weight_decay", float, "weight decay of the non-bias group"),
+    "--momentum": ("momentum", float, "Nesterov momentum"),
+    "--ema-epochs": ("ema_epochs", "non_negative_int",
+                     "last epochs run with EMA and at the final lr (at most --epochs - 1)"),
+    "--ema-decay": ("ema_decay", float, "EMA decay per step"),
+    "--cutout": ("cutout", "non_negative_int", "cutout square size (0: off)"),
+    "--whiten-chunk": ("whiten_chunk", "positive_int",
+                       "images per whitening statistics chunk (lower it if whitening runs out of memory)"),
+}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def program_name(argv0: str) -> str:
+    """How the user started us, for messages: the installed command or run.py."""
+    return "cifar-speedrun" if os.path.basename(argv0) == "cifar-speedrun" else "run.py"
+
+
+def invocation(prog: str) -> str:
+    return "python run.py" if prog == "run.py" else prog
+
+
+def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    command = invocation(prog)
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10's by default, "
+                               "or airbench94 with Muon.",
+        epilog=f"`{command} evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
+               f"--save. `{command} convert SRC OUT.npz` writes any data source as one .npz. "
+               f"`{command} compare A.json B.json` says whether a change helped (Welch's t-test). "
+               "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
+               "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="data",
+                   help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
+                        "test_images, test_labels), an image folder (ROOT/train/<class>/*.png|jpg, "
+                        "ROOT/test/<class>/*) or 'synthetic' (default: data)")
+    g.add_argument("--data-label", metavar="TEXT",
+                   help="how reports name the data, e.g. 'CIFAR-10 (JPEG copy)' (default: from --data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
+    g.add_argument("--synthetic-size", type=positive_int, default=None,
+                   help=f"training images of --data synthetic; test images are a fifth (default {SYNTHETIC_SIZE})")
+    g = p.add_argument_group("device and speed")
+    g.add_argument("--device", default=None,
+                   help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
+    g.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                   help="network dtype (default: float16 on CUDA, float32 on CPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    g.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode, with --compile (default: default)")
+    g.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
+                   help="elementwise kernels: triton or eager twins (default: triton on CUDA, eager on CPU)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms and cuDNN settings on CUDA (slower; see README)")
+    g = p.add_argument_group("runs and output")
+    g.add_argument("--runs", type=positive_int, default=1, help="independent runs (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed+i (default 0)")
+    g.add_argument("--json", metavar="PATH", help="write every run and the summary to this JSON file")
+    g.add_argument("--plot", metavar="PATH.png",
+                   help="draw every run's training curves and the spread of final accuracies (needs matplotlib)")
+    g.add_argument("--save", metavar="PATH",
+                   help="write each run's reported network (the EMA network for the seed recipes) with its "
+                        "recipe, config, data and accuracy (with "
+                        f"--runs above 1, PATH gets -seedS before its extension); see `{prog} evaluate`")
+    g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
+    g.add_argument("--final-eval-only", action="store_true",
+                   help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
+    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
+    g.add_argument("--recipe", default=default_recipe(), metavar="{" + ",".join(built_in_recipes()) + "}|FILE.py|MODULE[,...]",
+                   help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
+                        "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
+                        "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
+                        "(my_recipe.py) or module (package.module), see docs/own-recipe.md. Several, comma-separated: "
+                        "a sweep over them, on the same data and seeds")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=V1[,V2...]",
+                   help="set any field of the recipe's Config (e.g. lr=0.002, dropout=0.1); several values: "
+                        "a sweep, --runs runs of each; repeated: every combination (one process, data loaded "
+                        "once, compiled graphs reused)")
+    g = p.add_argument_group("recipe overrides (default: the recipe's own; refused where the recipe has no "
+                             "such setting)")
+    for option, (field, kind, meaning) in OVERRIDES.items():
+        g.add_argument(option, dest=field, default=None, metavar=field.upper(),
+                       type={"positive_int": positive_int, "non_negative_int": non_negative_int}.get(kind, kind),
+                       help=f"{meaning} ({override_defaults(field)})")
+    return p
+
+
+def override_defaults(field: str) -> str:
+    """'seed 10, seed-long 80, airbench94-muon 8': the recipes that have `field`, with their defaults."""
+    shown = []
+    for name, fields in built_in_recipes().items():
+        if field in fields:
+            value = fields[field]
+            shown.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(shown).replace("%", "%%")
+
+
+def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} evaluate",
+                                description=f"Reload a network saved with `{prog} --save` and measure its test "
+                                            "accuracy (with its recipe's test-time augmentation) next to the one recorded at "
+                                            "training.")
+
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
+                   help=f"one or more files written by {prog} --save, or a quoted glob pattern ('runs/m-*.pt')")
+    p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, a recipe file or a "
+                                                      "module (default: what the checkpoint records)")
+    p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
+    p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
+    p.add_argument("--data-seed", type=int, help="for --data synthetic (default: as recorded)")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, help="(default: the saved network's)")
+    p.add_argument("--json", metavar="PATH", help="write both accuracies, the checkpoint's record, device and "
+                                                  "versions to this JSON file")
+    return p
+
+
+def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} convert",
+                                description="Write a CIFAR-10 source as one .npz file (train_images, train_labels, "
+                                            "test_images, test_labels, classes): the quickest to load and to copy.")
+    p.add_argument("source", metavar="SRC", help="a torchvision CIFAR-10 root, an image folder "
+                                                 "(ROOT/train/<class>/*, ROOT/test/<class>/*) or an .npz file")
+    p.add_argument("out", metavar="OUT.npz", help="the file to write (atomically: replaced only when complete)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into SRC first")
+    return p
+
+
