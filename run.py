@@ -2,7 +2,7 @@
 """Train the hlb-CIFAR10 speed-run recipe: `python run.py --compile` (see README.md)."""
 import sys
 
-from engine.options import main
+from engine.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,5 @@
 """What the command line accepts: its parsers, their choices and the recipes' defaults
-they show, and the front door that answers `--help` before torch is imported.
+they show (engine/command.py answers `--help` with them before torch is imported).
 
 Nothing here imports torch (a `--help` answers at once): the built-in recipes' names,
 presets and defaults are read from the source of engine/recipes/ (their `Config` fields,
@@ -13,41 +13,11 @@ import ast
 import functools
 import operator
 import os
-import sys
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 KERNEL_CHOICES = ("eager", "triton")
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
-HELP_FLAGS = ("-h", "--help")
-
-
-def main(argv=None, prog: str | None = None) -> int:
-    """`python run.py ...` and the `cifar-speedrun` command: a request for help is answered
-    here, from the torch-free parsers; everything else goes to engine.cli.main."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    prog = prog or program_name(sys.argv[0])
-    if any(flag in argv[:argv.index("--")] if "--" in argv else flag in argv for flag in HELP_FLAGS):
-        parser = help_parser(argv, prog)
-        if parser is not None:
-            try:
-                parser.parse_args(argv[1:] if argv[:1] in (["evaluate"], ["convert"], ["compare"]) else argv)
-            except SystemExit as exit:          # argparse printed the help (0) or an error (2)
-                return exit.code if isinstance(exit.code, int) else 1
-    from engine.cli import main as run
-    return run(argv, prog)
-
-
-def help_parser(argv: list, prog: str):
-    """The parser that answers `argv`'s --help (None: let the full program answer)."""
-    if argv[:1] == ["evaluate"]:
-        return build_evaluate_parser(prog)
-    if argv[:1] == ["convert"]:
-        return build_convert_parser(prog)
-    if argv[:1] == ["compare"]:
-        from engine.compare import build_compare_parser      # torch-free as well
-        return build_compare_parser(prog)
-    return build_parser(prog)
 
 
 # --------------------------------------------------------------------------- the recipes' defaults

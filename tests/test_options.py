@@ -1,4 +1,4 @@
-"""`--help` answers without importing torch, and what it shows of the recipes is what the
+"""`--help` answers without importing torch (engine/command.py), and what it shows of the recipes is what the
 recipes hold: engine/options.py reads the built-in recipes' defaults from their source, so
 each is held here to the imported Config classes."""
 import dataclasses
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import options
+from engine.command import main
 from engine.recipes import DEFAULT_RECIPE, RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def test_the_menus_are_the_engines():
 @pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["convert", "-h"], ["compare", "--help"],
                                   ["--epochs", "3", "--help"]])
 def test_help_answers_without_importing_torch(argv):
-    check = ("import sys; from engine.options import main; code = main(%r); "
+    check = ("import sys; from engine.command import main; code = main(%r); "
              "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)" % argv)
     proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -42,7 +43,7 @@ def test_help_answers_without_importing_torch(argv):
 
 
 def test_help_after_a_bad_value_is_argparses_error_still_without_torch():
-    check = ("import sys; from engine.options import main; code = main(['--epochs', 'x', '--help']); "
+    check = ("import sys; from engine.command import main; code = main(['--epochs', 'x', '--help']); "
              "assert 'torch' not in sys.modules; sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--epochs: invalid positive_int value: 'x'" in proc.stderr
@@ -54,7 +55,7 @@ def test_the_help_shows_every_recipes_default():
 
 
 def test_everything_else_goes_to_the_full_program(tmp_path, capsys):
-    assert options.main(["convert", str(tmp_path / "missing.npz"), str(tmp_path / "out.npz")]) == 2
+    assert main(["convert", str(tmp_path / "missing.npz"), str(tmp_path / "out.npz")]) == 2
     assert "run.py convert: error: no such file" in capsys.readouterr().err
 
 
