@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from engine.config import NUM_CLASSES
-from engine.data import ARRAYS, DataError, read_npz, save_npz
+from engine.npz import ARRAYS, DataError, read_npz, save_npz
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
