@@ -47,11 +47,11 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:   # after the roo
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.data import CifarLoader, DataError, load_cifar10  # noqa: E402
-from engine.ops import make_ops  # noqa: E402
+from engine.training.data import CifarLoader, DataError, load_cifar10  # noqa: E402
+from engine.training.ops import make_ops  # noqa: E402
 from engine.recipes import DEFAULT_RECIPE, RECIPES, make_config  # noqa: E402
-from engine.report import environment, summarize, write_json  # noqa: E402
-from engine.train import COMPILE_MODES, Trainer  # noqa: E402
+from engine.results.report import environment, summarize, write_json  # noqa: E402
+from engine.training.train import COMPILE_MODES, Trainer  # noqa: E402
 from kernel_launches import VariantMismatch, check as check_launches, count_launches, format_counts  # noqa: E402
 from profile_steps import fmt_or_dash, format_detail, format_line, profile_run  # noqa: E402
 

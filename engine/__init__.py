@@ -15,16 +15,16 @@ _EXPORTS = {
     "make_deterministic": "engine.api",   # torch's deterministic flags (CUDA)
     "Config": "engine.recipes.seed",      # the seed recipe's hyperparameters (the default recipe)
     "make_config": "engine.recipes",      # any recipe's Config by name: seed, seed-long, airbench94-muon
-    "CifarLoader": "engine.data",         # the on-device augmenting loader on its own
-    "Cifar10": "engine.data",
-    "load_cifar10": "engine.data",
-    "convert": "engine.data",             # any data source to one .npz file
-    "make_synthetic": "engine.data",
-    "Trainer": "engine.train",            # many runs sharing one compilation
-    "RunResult": "engine.train",
-    "TrainingDiverged": "engine.train",
-    "save_checkpoint": "engine.checkpoint",
-    "load_checkpoint": "engine.checkpoint",
+    "CifarLoader": "engine.training.data",         # the on-device augmenting loader on its own
+    "Cifar10": "engine.training.data",
+    "load_cifar10": "engine.training.data",
+    "convert": "engine.training.data",             # any data source to one .npz file
+    "make_synthetic": "engine.training.data",
+    "Trainer": "engine.training.train",            # many runs sharing one compilation
+    "RunResult": "engine.training.train",
+    "TrainingDiverged": "engine.training.train",
+    "save_checkpoint": "engine.results.checkpoint",
+    "load_checkpoint": "engine.results.checkpoint",
 }
 __all__ = sorted(_EXPORTS)
 

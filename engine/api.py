@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from engine.checks import as_device, as_dtype, require_seeds, require_synthetic_fits, require_type
-from engine.config import RecipeConfig
-from engine.data import Cifar10, CifarLoader, load_cifar10
-from engine.evaluation import evaluate as evaluate_loader
-from engine.ops import make_ops
-from engine.progress import Progress
+from engine.training.config import RecipeConfig
+from engine.training.data import Cifar10, CifarLoader, load_cifar10
+from engine.training.evaluation import evaluate as evaluate_loader
+from engine.training.ops import make_ops
+from engine.results.progress import Progress
 from engine.recipes.seed import Config
-from engine.session import final_line, flag_learned_nothing
-from engine.train import RunResult, Trainer
+from engine.results.session import final_line, flag_learned_nothing
+from engine.training.train import RunResult, Trainer
 
 
 def default_device() -> torch.device:
@@ -104,7 +104,7 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
 def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_size: int | None = None) -> float:
     """Test accuracy of `model` (a network built by a recipe: BatchNorm in eval mode) with its
     recipe's final evaluation views (the seed recipe: flip test-time augmentation), or with
-    `views(forward, images) -> logits` (engine.evaluation: plain_logits, flip_averaged_logits).
+    `views(forward, images) -> logits` (engine.training.evaluation: plain_logits, flip_averaged_logits).
     data: a test `CifarLoader`, or a `Cifar10` whose test split is loaded onto the model's
     device and dtype (normalised as the recipe says; batches of `batch_size`, default the
     recipe's)."""

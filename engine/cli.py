@@ -9,21 +9,21 @@ import time
 import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
-from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.results.checkpoint import CheckpointError, load_checkpoint
 from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
-from engine.data import DataError, convert, load_cifar10
-from engine.distributed import World, barrier, finish, start, world_from_env
+from engine.training.data import DataError, convert, load_cifar10
+from engine.results.distributed import World, barrier, finish, start, world_from_env
 from engine.errors import explain
-from engine.ops import make_ops
+from engine.training.ops import make_ops
 from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, build_evaluate_parser, build_parser,
                             program_name)
 from engine.outputs import OutputError
-from engine.plots import require_matplotlib
-from engine.progress import Progress
+from engine.results.plots import require_matplotlib
+from engine.results.progress import Progress
 from engine.recipe_files import find_recipe
-from engine.report import device_name, environment
-from engine.session import Outputs, Session, write_json_or_rescue
-from engine.sweep import Setups, SweepSession, parse_settings, sweep_points
+from engine.results.report import device_name, environment
+from engine.results.session import Outputs, Session, write_json_or_rescue
+from engine.results.sweep import Setups, SweepSession, parse_settings, sweep_points
 
 def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
     if name is None:
@@ -84,7 +84,7 @@ def main(argv=None, prog: str | None = None) -> int:
         if argv[:1] == ["convert"]:
             return convert_main(argv[1:], prog)
         if argv[:1] == ["compare"]:
-            from engine.compare import compare_main
+            from engine.results.compare import compare_main
             return compare_main(argv[1:], prog)
         return train_main(argv, prog)
     except KeyboardInterrupt:

@@ -33,6 +33,6 @@ def help_parser(subcommand: str | None, prog: str):
     if subcommand == "convert":
         return build_convert_parser(prog)
     if subcommand == "compare":
-        from engine.compare import build_compare_parser      # torch-free as well
+        from engine.results.compare import build_compare_parser      # torch-free as well
         return build_compare_parser(prog)
     return build_parser(prog)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from engine.checks import dtype_name
-from engine.ops import Ops
-from engine.train import OutOfMemory
+from engine.training.ops import Ops
+from engine.training.train import OutOfMemory
 
 
 class KernelError(RuntimeError):

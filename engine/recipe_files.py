@@ -1,7 +1,7 @@
 """Your own recipe: `--recipe path/to/my_recipe.py` or `--recipe package.module`.
 
 A recipe is a module of the shape of engine/recipes/seed.py: a frozen dataclass
-named `Config` deriving from engine.config.RecipeConfig, holding every number,
+named `Config` deriving from engine.training.config.RecipeConfig, holding every number,
 with the methods and properties the engine calls (RECIPE_PROTOCOL below, the one
 list of them; docs/own-recipe.md says how to write one). Optionally a `PRESETS`
 dict like the built-in recipes' ({name: fields changed}); the one named after
@@ -26,7 +26,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from engine.config import RecipeConfig
+from engine.training.config import RecipeConfig
 from engine.recipes import RECIPES
 
 # What the engine asks of a recipe's Config, besides the RecipeConfig fields
@@ -38,15 +38,15 @@ RECIPE_PROTOCOL = (
     ("std", "per-channel standard deviation, a field"),
     ("whiten_kernel", "side of the whitening patches, a field"),
     ("whiten_chunk", "images per whitening statistics chunk, a field"),
-    ("augmentation", "property: an engine.data.Augmentation"),
+    ("augmentation", "property: an engine.training.data.Augmentation"),
     ("build_network", "method (ops, device, dtype) -> the network, with .config set"),
     ("set_whitening", "method (model, train_images, ops): sets the frozen whitening filters"),
-    ("optimizer_groups", "method (model) -> list of engine.optim.Group"),
+    ("optimizer_groups", "method (model) -> list of engine.training.optim.Group"),
     ("loss", "method (logits, labels) -> the loss to back-propagate"),
     ("has_ema", "whether the reported network is an EMA copy"),
     ("ema_updates_after", "method (step) -> whether the EMA acts after optimizer step `step`"),
     ("ema_step_decay", "the EMA's decay per update (used when has_ema)"),
-    ("evaluation_views", "method (final) -> views(forward, images) -> logits (engine.evaluation)"),
+    ("evaluation_views", "method (final) -> views(forward, images) -> logits (engine.training.evaluation)"),
     ("warm_up_config", "method () -> a short Config whose run compiles every function"),
 )
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -99,7 +99,7 @@ def check_recipe_module(module, where: str):
     config = getattr(module, "Config", None)
     if not (isinstance(config, type) and dataclasses.is_dataclass(config) and issubclass(config, RecipeConfig)):
         raise ValueError(f"--recipe {where}: a recipe defines a dataclass named Config deriving from "
-                         f"engine.config.RecipeConfig (or from a built-in recipe's Config, e.g. "
+                         f"engine.training.config.RecipeConfig (or from a built-in recipe's Config, e.g. "
                          f"engine.recipes.seed.Config); this one has none (see docs/own-recipe.md)")
     missing = [f"{name} ({dict(RECIPE_PROTOCOL)[name]})" for name in lacking(config)]
     if missing:

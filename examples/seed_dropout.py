@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.checks import require_fraction
-from engine.layers import on_device
+from engine.training.layers import on_device
 from engine.recipes import seed
 
 PRESETS = {"seed-dropout": {}}

@@ -117,8 +117,8 @@ def probe_network():
     widths (a batch of 8). The operations' own input checks refuse CPU tensors outside the
     interpreter; here nothing runs, so they are told it is one."""
     from engine.recipes.seed import Config
-    from engine.ops import make_ops
-    from engine.train import Trainer
+    from engine.training.ops import make_ops
+    from engine.training.train import Trainer
 
     kernels._common.interpreting = lambda: True
     config = Config()

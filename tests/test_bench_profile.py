@@ -9,7 +9,7 @@ import pytest
 from torch.autograd import DeviceType
 
 from engine.recipes.seed import Config
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--device", "cpu", "--base-width", "8", "--epochs", "2", "--synthetic-size", "1024", "--runs", "1",

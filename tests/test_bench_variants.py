@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.data import CifarLoader, make_synthetic
+from engine.training.data import CifarLoader, make_synthetic
 from engine.recipes import make_config
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--device", "cpu", "--base-width", "8", "--epochs", "2", "--batch-size", "10", "--synthetic-size", "20"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.compare import compare, entries_of, welch
-from engine.student_t import t_quantile
+from engine.results.compare import compare, entries_of, welch
+from engine.results.student_t import t_quantile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_compare_needs_two_results_and_never_writes_over_one(tmp_path, capsys):
 
 
 def test_compare_reads_json_without_importing_torch():
-    code = ("import sys; from engine.compare import compare_main; "
+    code = ("import sys; from engine.results.compare import compare_main; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import engine
-from engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from engine.results.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from engine.recipes.seed import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
-    from engine.ops import make_ops
+    from engine.training.ops import make_ops
     model = CONFIG.build_network(make_ops("eager"), "cpu", torch.float32)
     path = tmp_path / "model.pt"
     save_checkpoint(str(path), model, CONFIG, accuracy=0.5)

@@ -11,7 +11,7 @@ import pytest
 
 import engine
 from engine.recipes.seed import Config
-from engine.distributed import World, world_from_env
+from engine.results.distributed import World, world_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--device", "cpu", "--epochs", "2",

@@ -9,11 +9,11 @@ import torch
 import engine
 from engine import cli
 from engine.recipes.seed import Config, lr_factor
-from engine.data import CifarLoader, make_synthetic
+from engine.training.data import CifarLoader, make_synthetic
 from engine.errors import explain
-from engine.ops import make_ops
-from engine.optim import Optimizers
-from engine.train import FiniteLossCheck, OutOfMemory, RunResult, Trainer, TrainingDiverged
+from engine.training.ops import make_ops
+from engine.training.optim import Optimizers
+from engine.training.train import FiniteLossCheck, OutOfMemory, RunResult, Trainer, TrainingDiverged
 
 SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--device", "cpu", "--epochs", "2",
          "--base-width", "8", "--batch-size", "128"]

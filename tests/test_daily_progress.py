@@ -8,10 +8,10 @@ import torch
 
 from engine import cli
 from engine.recipes.seed import Config
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
-from engine.progress import Progress
-from engine.train import Trainer
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
+from engine.results.progress import Progress
+from engine.training.train import Trainer
 
 ROW = {"epoch": 1, "train_loss": 1.2345, "train_accuracy": 0.5, "val_accuracy": 0.6, "ema_val_accuracy": None,
        "seconds": 0.5}
@@ -87,7 +87,7 @@ def test_trainer_reports_every_step_as_a_plain_int():
 
 def test_plot_draws_curves_and_final_accuracies(tmp_path):
     pytest.importorskip("matplotlib")
-    from engine.plots import plot_runs
+    from engine.results.plots import plot_runs
     runs = [{"seed": s, "status": "ok", "ema_accuracy": 0.93 + s / 100,
              "epochs": [{**ROW, "epoch": 1}, {**ROW, "epoch": 2, "ema_val_accuracy": 0.93 + s / 100}]}
             for s in range(3)]

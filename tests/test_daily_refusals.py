@@ -12,12 +12,12 @@ import torch
 
 import engine
 from engine import cli
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.results.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.checks import require_synthetic_fits
 from engine.recipes.seed import Config
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
-from engine.train import RunResult, Trainer
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
+from engine.training.train import RunResult, Trainer
 
 TINY = Config(base_width=8, train_images=512, batch_size=128, epochs=2, ema_epochs=1)
 SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--device", "cpu", "--epochs", "2",

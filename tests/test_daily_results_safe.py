@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import cli, session
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine import cli
+from engine.results import session
+from engine.results.checkpoint import load_checkpoint, save_checkpoint
 from engine.recipes.seed import Config
-from engine.distributed import World
-from engine.ops import make_ops
+from engine.results.distributed import World
+from engine.training.ops import make_ops
 from engine.outputs import OutputError, atomic_write, check_output_paths, write_or_rescue
-from engine.report import format_summary, summarize, write_json
-from engine.session import Outputs, Session, learned_nothing
-from engine.train import RunResult, Trainer
+from engine.results.report import format_summary, summarize, write_json
+from engine.results.session import Outputs, Session, learned_nothing
+from engine.training.train import RunResult, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--device", "cpu", "--epochs", "2",
@@ -85,7 +86,7 @@ def test_an_unwritable_folder_is_refused_naming_the_option(tmp_path, monkeypatch
 
 def test_files_get_the_users_umask_not_0600(tmp_path):
     pytest.importorskip("matplotlib")
-    from engine.plots import plot_runs
+    from engine.results.plots import plot_runs
     old = os.umask(0o027)
     try:
         written = [write_json(tmp_path / "runs.json", {"a": 1}),
@@ -176,7 +177,7 @@ def test_the_json_holds_every_finished_run_while_the_others_train(tmp_path, monk
 
 
 def test_under_torchrun_each_process_writes_its_own_progress_file(tmp_path, monkeypatch):
-    from engine.data import CifarLoader, make_synthetic
+    from engine.training.data import CifarLoader, make_synthetic
     data = make_synthetic(512, seed=0)
     train = CifarLoader(data.train_images, data.train_labels, TINY, True, "cpu", torch.float32)
     test = CifarLoader(data.test_images, data.test_labels, TINY, False, "cpu", torch.float32)
@@ -277,7 +278,7 @@ def test_a_run_that_learned_nothing_is_flagged_in_its_row_and_the_summary(tmp_pa
 @pytest.mark.parametrize("accuracy, flagged", [(0.1, True), (0.55, False)])
 def test_fit_flags_a_run_that_learned_nothing_in_its_result(monkeypatch, capsys, accuracy, flagged):
     import engine
-    from engine.data import make_synthetic
+    from engine.training.data import make_synthetic
 
     monkeypatch.setattr(Trainer, "run", instant_runs(accuracy=accuracy))
     result = engine.fit(TINY, make_synthetic(512, seed=0), device="cpu", progress=True)

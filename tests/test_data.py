@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.recipes.seed import Config
-from engine.data import (CifarLoader, DataError, cutout, load_cifar10, make_synthetic, normalize,
+from engine.training.data import (CifarLoader, DataError, cutout, load_cifar10, make_synthetic, normalize,
                          random_crop, random_flip)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data import DataError, convert, load_cifar10
+from engine.training.data import DataError, convert, load_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 

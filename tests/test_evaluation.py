@@ -1,4 +1,4 @@
-"""What `evaluate` computes (engine.evaluation.evaluate, engine.api.evaluate, Trainer.evaluate),
+"""What `evaluate` computes (engine.training.evaluation.evaluate, engine.api.evaluate, Trainer.evaluate),
 against a reference computed here by hand, with a network that is not mirror-symmetric:
 its logits for an image and for the image's mirror differ, so the flip test-time
 augmentation changes predictions, and an accuracy that drops it (or applies it when
@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 import engine
-from engine.data import Cifar10, CifarLoader
-from engine.evaluation import evaluate, flip_averaged_logits, plain_logits
-from engine.ops import make_ops
+from engine.training.data import Cifar10, CifarLoader
+from engine.training.evaluation import evaluate, flip_averaged_logits, plain_logits
+from engine.training.ops import make_ops
 from engine.recipes.seed import Config
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 IMAGES = 200
 BATCH = 64                     # 200 = 3 full batches and a partial one

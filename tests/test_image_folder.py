@@ -1,4 +1,4 @@
-"""CIFAR-10 as ROOT/train/<class>/* and ROOT/test/<class>/* image files (engine/image_folder.py)."""
+"""CIFAR-10 as ROOT/train/<class>/* and ROOT/test/<class>/* image files (engine/training/image_folder.py)."""
 import os
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import engine.image_folder as image_folder
-from engine.data import DataError, load_cifar10
+import engine.training.image_folder as image_folder
+from engine.training.data import DataError, load_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,11 +11,11 @@ import torch
 
 import kernels
 from engine.recipes.seed import Config
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
 from engine.recipes.seed import loss_function
-from engine.train import EMA, Trainer
-from engine.whitening import whitening_weight
+from engine.training.train import EMA, Trainer
+from engine.training.whitening import whitening_weight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIG = Config(base_width=8, train_images=512, batch_size=128, test_batch_size=100, epochs=2, ema_epochs=1)

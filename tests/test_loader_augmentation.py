@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from engine.recipes.seed import Config
-from engine.data import CifarLoader, make_synthetic
+from engine.training.data import CifarLoader, make_synthetic
 
 
 def reference_windows(images_uint8, pad):

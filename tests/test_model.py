@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.ops import make_ops
-from engine.optim import Optimizers
+from engine.training.ops import make_ops
+from engine.training.optim import Optimizers
 from engine.recipes.seed import Config, Network, loss_function, lr_factor
-from engine.train import EMA
+from engine.training.train import EMA
 
 
 def network(base_width=64, kind="eager"):
@@ -126,7 +126,7 @@ def test_ema_copies_then_blends_every_floating_entry():
 
 
 def test_set_whitening_writes_the_filters_of_the_training_images_and_keeps_the_layout():
-    from engine.whitening import whitening_weight
+    from engine.training.whitening import whitening_weight
     config = Config(base_width=16)
     model = config.build_network(make_ops("eager"), "cpu", torch.float32)
     images = torch.randn(40, 3, 32, 32)

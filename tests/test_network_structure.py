@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.recipes.seed import Config, ConvGroup
-from engine.ops import make_ops
+from engine.training.ops import make_ops
 
 CHANNELS_IN, CHANNELS_OUT = 8, 32          # SE hidden size 32 // 16 = 2
 # float32 against float64: sums of at most 9 x 32 products (float32 keeps them to about

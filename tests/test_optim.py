@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.optim import (NEWTON_SCHULZ_COEFFICIENTS, Group, Optimizers, muon_, nesterov_sgd_, newton_schulz,
+from engine.training.optim import (NEWTON_SCHULZ_COEFFICIENTS, Group, Optimizers, muon_, nesterov_sgd_, newton_schulz,
                           update_groups_)
 
 

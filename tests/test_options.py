@@ -26,7 +26,7 @@ def test_the_defaults_read_from_source_are_the_recipes_own():
 
 def test_the_menus_are_the_engines():
     from engine.checks import DTYPES
-    from engine.ops import KERNEL_CHOICES, make_ops
+    from engine.training.ops import KERNEL_CHOICES, make_ops
     assert tuple(DTYPES) == options.DTYPE_NAMES
     for choice in KERNEL_CHOICES:
         make_ops(choice)

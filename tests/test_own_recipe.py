@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from engine.results.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from engine.cli import main
 from engine.recipe_files import RECIPE_PROTOCOL, file_sha256, find_recipe, lacking
 from engine.recipes import airbench94_muon, seed
@@ -31,11 +31,11 @@ def write(path, text):
 
 
 @pytest.mark.parametrize("source, message", [
-    ("x = 1\n", "a recipe defines a dataclass named Config deriving from engine.config.RecipeConfig"),
+    ("x = 1\n", "a recipe defines a dataclass named Config deriving from engine.training.config.RecipeConfig"),
     ("""\
      from dataclasses import dataclass
      from typing import ClassVar
-     from engine.config import RecipeConfig
+     from engine.training.config import RecipeConfig
 
      @dataclass(frozen=True)
      class Config(RecipeConfig):
@@ -62,7 +62,7 @@ def test_the_protocol_check_names_every_missing_part(tmp_path):
     path = write(tmp_path / "half.py", """\
         from dataclasses import dataclass
         from typing import ClassVar
-        from engine.config import RecipeConfig
+        from engine.training.config import RecipeConfig
 
         @dataclass(frozen=True)
         class Config(RecipeConfig):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import build_convert_parser, build_evaluate_parser, build_parser
-from engine.compare import build_compare_parser
+from engine.results.compare import build_compare_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PARSERS = {"run.py": build_parser, "run.py evaluate": build_evaluate_parser, "run.py convert": build_convert_parser,

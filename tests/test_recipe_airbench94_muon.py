@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
-from engine.optim import Optimizers
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
+from engine.training.optim import Optimizers
 from engine.recipes import make_config
 from engine.recipes.airbench94_muon import Config, Network, six_view_logits
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 EAGER = make_ops("eager")
 
@@ -319,7 +319,7 @@ def test_a_run_reports_the_six_view_accuracy_and_plain_per_epoch_accuracies():
     test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
     trainer = Trainer(config, EAGER, "cpu", torch.float32)
     result = trainer.run(train, test, seed=0)
-    from engine.evaluation import evaluate, plain_logits
+    from engine.training.evaluation import evaluate, plain_logits
     assert result.ema_accuracy == result.accuracy == evaluate(result.model, test, six_view_logits)
     assert result.epochs[-1]["val_accuracy"] == evaluate(result.model, test, plain_logits)
     assert all(row["ema_val_accuracy"] is None for row in result.epochs)

@@ -19,7 +19,7 @@ import torch
 
 from engine.cli import OVERRIDES, build_parser, recipe_config
 from engine.recipe_files import find_recipe
-from engine.data import make_synthetic
+from engine.training.data import make_synthetic
 from engine.api import fit
 from engine.recipes import RECIPES
 

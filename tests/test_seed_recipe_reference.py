@@ -29,10 +29,10 @@ import torch.nn.functional as F
 
 import kernels
 from engine.checks import DTYPES
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
 from engine.recipes.seed import Config
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 RELATIVE = 1e-8
 

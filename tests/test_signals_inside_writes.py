@@ -11,9 +11,10 @@ import signal
 
 import pytest
 
-from engine import cli, session
-from engine.checkpoint import load_checkpoint
-from engine.train import Trainer
+from engine import cli
+from engine.results import session
+from engine.results.checkpoint import load_checkpoint
+from engine.training.train import Trainer
 from test_daily_results_safe import SMALL, instant_runs
 
 

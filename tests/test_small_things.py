@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import save_checkpoint
+from engine.results.checkpoint import save_checkpoint
 from engine.cli import checkpoint_paths, cpu_estimate, main
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
-from engine.plots import fitted_range
-from engine.progress import Progress
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
+from engine.results.plots import fitted_range
+from engine.results.progress import Progress
 from engine.recipes import make_config
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 
 def test_evaluate_takes_several_checkpoints_or_a_glob(tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_plot_axes_are_fitted_to_close_runs():
 
 def test_plot_has_a_time_panel(tmp_path):
     pytest.importorskip("matplotlib")
-    from engine.plots import plot_runs
+    from engine.results.plots import plot_runs
     row = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.9, "val_accuracy": 0.931, "ema_val_accuracy": 0.932,
            "seconds": 1.0}
     runs = [{"seed": s, "status": "ok", "ema_accuracy": 0.931 + s / 1000, "train_seconds": 3 + s / 10,

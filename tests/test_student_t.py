@@ -1,10 +1,10 @@
-"""Student's t CDF and quantiles (engine/student_t.py), and the summary's interval and p-value."""
+"""Student's t CDF and quantiles (engine/results/student_t.py), and the summary's interval and p-value."""
 import math
 
 import pytest
 
-from engine.report import format_summary, summarize
-from engine.student_t import regularized_beta, t_cdf, t_quantile
+from engine.results.report import format_summary, summarize
+from engine.results.student_t import regularized_beta, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize("t, df, cdf", [        # printed t tables (two-sided 0.05 / 0.10 columns)

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-import engine.train
-from engine.checkpoint import read_checkpoint
+import engine.training.train
+from engine.results.checkpoint import read_checkpoint
 from engine.cli import build_parser, main, recipe_config
-from engine.data import make_synthetic
-from engine.ops import make_ops
+from engine.training.data import make_synthetic
+from engine.training.ops import make_ops
 from engine.recipe_files import find_recipe
 from engine.recipes import make_config
-from engine.sweep import Setups, compiled_graphs, parse_settings, sweep_points
+from engine.results.sweep import Setups, compiled_graphs, parse_settings, sweep_points
 
 TINY = ["--data", "synthetic", "--synthetic-size", "256", "--device", "cpu", "--base-width", "4", "--epochs", "2",
         "--batch-size", "128", "--final-eval-only", "--quiet"]
@@ -116,7 +116,7 @@ def test_one_value_of_set_is_a_plain_override():
 
 
 def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, capsys):
-    real_run, calls = engine.train.Trainer.run, []
+    real_run, calls = engine.training.train.Trainer.run, []
 
     def run_then_interrupt(self, *args, **kwargs):
         calls.append(1)
@@ -124,7 +124,7 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, caps
             raise KeyboardInterrupt
         return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.train.Trainer, "run", run_then_interrupt)
+    monkeypatch.setattr(engine.training.train.Trainer, "run", run_then_interrupt)
     out = tmp_path / "sweep.json"
     assert main([*TINY, "--set", "lr=0.004,0.002", "--runs", "2", "--json", str(out)]) == 130
     report = read_json(out)

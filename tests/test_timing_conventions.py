@@ -12,11 +12,11 @@ spans, and a timer start or stop moved by one statement changes it.
 import pytest
 import torch
 
-import engine.train
-from engine.data import CifarLoader, make_synthetic
-from engine.ops import make_ops
+import engine.training.train
+from engine.training.data import CifarLoader, make_synthetic
+from engine.training.ops import make_ops
 from engine.recipes import config_class, make_config
-from engine.train import Trainer
+from engine.training.train import Trainer
 
 WHITENING, STEP, EVALUATION = 100.0, 1.0, 1000.0
 SMALL = {"seed": dict(base_width=8, train_images=20, batch_size=10, test_batch_size=10, epochs=2, ema_epochs=1),
@@ -43,7 +43,7 @@ def test_each_interval_spans_exactly_its_convention(recipe, monkeypatch):
     trainer = Trainer(config, make_ops("eager"), "cpu", torch.float32)
 
     clock, calls = FakeClock(), {"whitening": 0, "steps": 0, "evaluations": 0}
-    monkeypatch.setattr(engine.train, "time", clock)     # what the CPU Timer reads
+    monkeypatch.setattr(engine.training.train, "time", clock)     # what the CPU Timer reads
 
     def advancing(original, amount, name):
         def advance(*args, **kwargs):

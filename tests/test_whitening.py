@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from engine.whitening import streamed_patch_statistics, whitening_filters, whitening_weight
+from engine.training.whitening import streamed_patch_statistics, whitening_filters, whitening_weight
 
 
 def correlated_images(n, seed):

@@ -22,13 +22,13 @@ from torch import nn
 
 from engine.checks import (require_finite_non_negative, require_finite_positive, require_fraction,
                            require_reflect_pad, require_unit_interval)
-from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
-from engine.data import Augmentation
-from engine.evaluation import flip_averaged_logits, plain_logits
-from engine.layers import BatchNorm, on_device, stage_outputs
-from engine.ops import Ops
-from engine.optim import Group
-from engine.whitening import patch_count, streamed_patch_statistics, uncentered_second_moment, whitening_filters
+from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
+from engine.training.data import Augmentation
+from engine.training.evaluation import flip_averaged_logits, plain_logits
+from engine.training.layers import BatchNorm, on_device, stage_outputs
+from engine.training.ops import Ops
+from engine.training.optim import Group
+from engine.training.whitening import patch_count, streamed_patch_statistics, uncentered_second_moment, whitening_filters
 
 PRESETS = {"airbench94-muon": {}}
 

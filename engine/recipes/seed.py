@@ -23,13 +23,13 @@ from torch import nn
 
 from engine.checks import (require_finite_non_negative, require_finite_positive, require_fraction,
                            require_reflect_pad, require_unit_interval)
-from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
-from engine.data import Augmentation
-from engine.evaluation import flip_averaged_logits, plain_logits
-from engine.layers import BatchNorm, on_device, stage_outputs
-from engine.ops import Ops
-from engine.optim import Group
-from engine.whitening import whitening_weight
+from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
+from engine.training.data import Augmentation
+from engine.training.evaluation import flip_averaged_logits, plain_logits
+from engine.training.layers import BatchNorm, on_device, stage_outputs
+from engine.training.ops import Ops
+from engine.training.optim import Group
+from engine.training.whitening import whitening_weight
 
 # --recipe names of this file's configurations: the release, and its long version.
 PRESETS = {"seed": {}, "seed-long": {"base_width": 128, "epochs": 80}}

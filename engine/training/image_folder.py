@@ -24,8 +24,8 @@ import warnings
 
 import numpy as np
 
-from engine.config import NUM_CLASSES
-from engine.npz import ARRAYS, DataError, read_npz, save_npz
+from engine.training.config import NUM_CLASSES
+from engine.training.npz import ARRAYS, DataError, read_npz, save_npz
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from engine.checks import as_device, as_dtype, require_type
-from engine.config import RecipeConfig
-from engine.data import CifarLoader
-from engine.evaluation import evaluate
-from engine.ops import Ops
+from engine.training.config import RecipeConfig
+from engine.training.data import CifarLoader
+from engine.training.evaluation import evaluate
+from engine.training.ops import Ops
 from engine.options import COMPILE_MODES
-from engine.optim import Optimizers, update_groups_
+from engine.training.optim import Optimizers, update_groups_
 
 
 
@@ -53,7 +53,7 @@ class RunResult:
     total_seconds: float = 0.0             # airbench convention: whitening + training + final TTA eval
     epochs: list = field(default_factory=list)
     status: str = "ok"                     # "ok" or "failed"
-    learned_nothing: bool = False          # accuracy at chance or loss stuck (engine.session.learned_nothing)
+    learned_nothing: bool = False          # accuracy at chance or loss stuck (engine.results.session.learned_nothing)
     error: str | None = None
     model: nn.Module | None = field(default=None, repr=False)      # the trained network
     ema_model: nn.Module | None = field(default=None, repr=False)  # the reported network (EMA copy)
@@ -198,7 +198,7 @@ class Trainer:
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         require_type("config", config, RecipeConfig, "a recipe's Config (engine.Config, engine.make_config(...))")
-        require_type("ops", ops, Ops, "an operation table from engine.ops.make_ops")
+        require_type("ops", ops, Ops, "an operation table from engine.training.ops.make_ops")
         self.config, self.ops = config, ops
         self.device, self.dtype = as_device(device), as_dtype(dtype)
         self.compile, self.compile_mode = compile, compile_mode
@@ -278,7 +278,7 @@ class Trainer:
         """A short run on synthetic data shaped like the real batches: compiles every
         function (train and eval modes) and lets cuDNN pick its algorithms. Returns its
         seconds; with `compile` they are also kept as `compile_seconds`."""
-        from engine.data import make_synthetic
+        from engine.training.data import make_synthetic
 
         warm_config = self.config.warm_up_config()
         fake = make_synthetic(warm_config.train_images, seed=12345, test_size=len(test.labels))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.report import EPOCH_HEADER, format_epoch_row
+from engine.results.report import EPOCH_HEADER, format_epoch_row
 
 MODES = ("auto", "bar", "table", "runs", "quiet")
 

@@ -6,7 +6,7 @@ Sources (`load_cifar10`; any str or os.PathLike path):
   * an `.npz` file with `train_images` (N, 32, 32, 3) uint8, `train_labels`,
     `test_images`, `test_labels` (what `convert` writes);
   * an image folder, ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*
-    (engine/image_folder.py: decoded once, then cached as an .npz);
+    (engine/training/image_folder.py: decoded once, then cached as an .npz);
   * "synthetic": generated images whose labels a small network can learn.
 
 The loader keeps the whole set on the device, normalised and reflect-padded
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.checks import SYNTHETIC_MIN_IMAGES, as_device, as_dtype, require_images, require_labels, require_type
-from engine.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
-from engine.npz import CONVERT_HINT, DataError, read_npz, save_npz
+from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
+from engine.training.npz import CONVERT_HINT, DataError, read_npz, save_npz
 from engine.outputs import OutputError, check_output_path
 
 SOURCES = ("a torchvision CIFAR-10 root (with --download to fetch it), an .npz file, an image folder "
@@ -58,7 +58,7 @@ def load_cifar10(data, download: bool = False, synthetic_size: int = 50_000,
     if data == "synthetic":
         return make_synthetic(synthetic_size, seed=seed)
     if os.path.isdir(data):
-        from engine.image_folder import is_image_folder, load_image_folder
+        from engine.training.image_folder import is_image_folder, load_image_folder
 
         if is_image_folder(data):
             return _check(load_image_folder(data), f"image folder {data}")

@@ -10,7 +10,7 @@ import subprocess
 import torch
 
 from engine.outputs import atomic_write
-from engine.student_t import t_cdf, t_quantile
+from engine.results.student_t import t_cdf, t_quantile
 
 TARGET_ACCURACY = 0.94
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "ema_val_accuracy", "seconds")

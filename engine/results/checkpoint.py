@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path
-from engine.ops import make_ops
+from engine.training.ops import make_ops
 from engine.outputs import atomic_write
 from engine.recipe_files import checkpoint_recipe, recipe_record
 

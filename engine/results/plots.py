@@ -13,7 +13,7 @@ import math
 import os
 
 from engine.outputs import atomic_write
-from engine.report import TARGET_ACCURACY
+from engine.results.report import TARGET_ACCURACY
 
 INSTALL_HINT = 'install matplotlib (python3 -m pip install -e ".[plot]" or pip install matplotlib)'
 

@@ -14,7 +14,7 @@ warm-up before the point's runs that says so, never inside a timed run.
 point i // N, seed --seed + i % N): Ctrl-C, failures, progress files, torchrun and
 --save work as for runs; every run record holds its "point", the JSON's "points"
 each point's recipe, settings, config and summary, and "comparisons" each point
-against the first (Welch's t-test, engine.compare). The summary is one row per
+against the first (Welch's t-test, engine.results.compare). The summary is one row per
 point with that comparison.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from engine.compare import format_difference, point_label, welch
-from engine.report import summarize
-from engine.session import Session
+from engine.results.compare import format_difference, point_label, welch
+from engine.results.report import summarize
+from engine.results.session import Session
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 PARSERS = {"int": int, "float": float, "str": str, "bool": lambda text: BOOLEANS[text.lower()]}
@@ -105,9 +105,9 @@ class Setups:
 
     def get(self, config) -> tuple:
         """(trainer, train loader, test loader, a line about the warm-up or None)."""
-        from engine.data import CifarLoader
+        from engine.training.data import CifarLoader
         from engine.errors import check_kernels
-        from engine.train import Trainer
+        from engine.training.train import Trainer
 
         trainer = self.trainers.get(type(config))
         new = trainer is None

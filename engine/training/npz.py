@@ -1,6 +1,6 @@
 """CIFAR-10 as an .npz file: reading one safely (never unpickling; a damaged, truncated or
 mistaken file is named for what it is) and writing one atomically. Shared by the data
-sources (engine/data.py) and the image-folder cache (engine/image_folder.py)."""
+sources (engine/training/data.py) and the image-folder cache (engine/training/image_folder.py)."""
 from __future__ import annotations
 
 import zipfile

@@ -15,7 +15,7 @@ s^2 and run counts n of the baseline (1) and the other (2):
     degrees of freedom (Welch-Satterthwaite)
         df = se^4 / ((s1^2/n1)^2/(n1-1) + (s2^2/n2)^2/(n2-1)),
     t = d / se,  p = 2 P(T_df > |t|),  95% interval d -/+ t_0.975,df * se.
-Student's t comes from engine.student_t. This module imports no torch: it only
+Student's t comes from engine.results.student_t. This module imports no torch: it only
 reads JSON.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 
-from engine.student_t import t_cdf, t_quantile
+from engine.results.student_t import t_cdf, t_quantile
 
 # (key in a run record, what the text calls it, scale for printing, unit)
 MEASURES = (("ema_accuracy", "accuracy", 100.0, "%"),

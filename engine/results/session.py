@@ -34,14 +34,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from engine.checkpoint import save_checkpoint
-from engine.config import NUM_CLASSES
-from engine.distributed import World, gather
+from engine.results.checkpoint import save_checkpoint
+from engine.training.config import NUM_CLASSES
+from engine.results.distributed import World, gather
 from engine.errors import explain
 from engine.outputs import OutputError, check_output_paths, write_or_rescue
-from engine.progress import Progress
-from engine.report import device_name, format_summary, summarize, write_json
-from engine.train import TrainingDiverged
+from engine.results.progress import Progress
+from engine.results.report import device_name, format_summary, summarize, write_json
+from engine.training.train import TrainingDiverged
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}     # 128 + the signal's number, as shells report
 CHANCE_SIGMAS = 3           # accuracy within 3 binomial standard deviations of chance: "at chance"
@@ -127,7 +127,7 @@ class Outputs:
                 named += [(f"--json (progress file of rank {rank})", self.progress(world, rank))
                           for rank in range(world.size)]
         if self.plot:
-            from engine.plots import require_plot_format
+            from engine.results.plots import require_plot_format
             try:
                 require_plot_format(self.plot)
             except ValueError as error:
@@ -383,7 +383,7 @@ class Session:
             json_written = write_json_or_rescue(self.outputs.json, payload, self.quiet) == self.outputs.json
             self.write_errors += not json_written
         if self.outputs.plot:
-            from engine.plots import plot_runs
+            from engine.results.plots import plot_runs
             title = f"{self.data_source} | {payload['device']} | {len(runs)} run(s)"
             path, message = write_or_rescue(lambda target: plot_runs(runs, target, title=title), self.outputs.plot,
                                             "the plot")
