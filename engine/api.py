@@ -91,7 +91,7 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
     if compile:
         trainer.warm_up(train, test)
     shown = Progress("auto" if progress else "quiet")
-    shown.start_run(0, 1, seed, config.total_steps, config.epochs)
+    shown.start_run(0, 1, seed, config.total_steps, config.epoch_count)
     try:
         result = trainer.run(train, test, seed, on_epoch=shown.epoch, on_step=shown.step,
                              on_loss=shown.loss)

@@ -139,8 +139,69 @@ def test_reset_zeroes_momentum_and_takes_new_schedules_on_the_same_tensors():
         optimizers.reset([sgd_group([torch.randn(3)], 0.3, 0.0)])
 
 
-def test_a_group_refuses_an_unknown_rule_and_a_muon_group_with_weight_decay():
+def test_a_group_refuses_an_unknown_rule_and_a_muon_group_without_iterations_or_rescaling():
     with pytest.raises(ValueError, match="unknown update rule"):
         Group("g", [], "adam", 0.1, 0.9)
-    with pytest.raises(ValueError, match="no weight decay"):
-        Group("g", [], "muon", 0.1, 0.9, weight_decay=0.1, newton_schulz_steps=3)
+    with pytest.raises(ValueError, match="at least one Newton-Schulz step"):
+        Group("g", [], "muon", 0.1, 0.9, newton_schulz_steps=0)
+    with pytest.raises(ValueError, match="rescales every k >= 1"):
+        Group("g", [], "muon", 0.1, 0.9, newton_schulz_steps=3, rescale_every=0)
+
+
+def per_matrix_newton_schulz_float64(matrix, steps, coefficients, eps):
+    """The formula, one matrix at a time, in float64 (the reference for the batched form)."""
+    a, b, c = coefficients
+    x = matrix.double() / (matrix.double().norm() + eps)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("coefficients,eps", [((3.4445, -4.7750, 2.0315), 1e-7), ((3.4576, -4.7391, 2.0843), 1e-5)])
+def test_the_batched_newton_schulz_computes_each_matrix_as_alone(coefficients, eps):
+    """The recipes' filter shapes (wide, tall, square, columns not a multiple of 16), padded
+    into one stack: each result is the per-matrix float64 formula's, in float64 to rounding
+    and in bfloat16 to bfloat16's precision."""
+    from engine.training.optim import newton_schulz_batched, padded_stack
+    torch.manual_seed(0)
+    shapes = [(8, 24 * 9), (8, 72), (32, 72), (32, 288), (40, 7), (16, 16)]
+    matrices = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    stack = padded_stack(matrices, 16)
+    assert stack.shape == (6, 40, 288)
+    expected = [per_matrix_newton_schulz_float64(m, 3, coefficients, eps) for m in matrices]
+    for got, want, m in zip(newton_schulz_batched(matrices, 3, coefficients, torch.float64, eps), expected, matrices):
+        assert got.shape == m.shape
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for got, want in zip(newton_schulz_batched(matrices, 3, coefficients, torch.bfloat16, eps), expected):
+        torch.testing.assert_close(got.double(), want, rtol=0.05, atol=0.03)
+
+
+def test_muon_rescales_only_where_told_and_decays_after_the_step():
+    """rescale 0: the weight keeps its norm before the step; rescale 1: it is set to norm
+    sqrt(rows) first. weight_decay: p *= 1 - lr * wd after the step."""
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64) * 3
+    g = torch.randn_like(w)
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    kept, rescaled, decayed = w.clone(), w.clone(), w.clone()
+    muon_([kept], [g.clone()], [torch.zeros_like(w)], lr, 0.6, 3, dtype=torch.float64, rescale=torch.tensor(0.0))
+    muon_([rescaled], [g.clone()], [torch.zeros_like(w)], lr, 0.6, 3, dtype=torch.float64, rescale=torch.tensor(1.0))
+    muon_([decayed], [g.clone()], [torch.zeros_like(w)], lr, 0.6, 3, dtype=torch.float64, rescale=torch.tensor(0.0),
+          weight_decay=0.5)
+    step = per_matrix_newton_schulz_float64(1.6 * g.reshape(4, -1), 3, (3.4445, -4.7750, 2.0315), 1e-7).view_as(w)
+    torch.testing.assert_close(kept, w - 0.1 * step)
+    torch.testing.assert_close(rescaled, w * (2.0 / w.norm()) - 0.1 * step)
+    torch.testing.assert_close(decayed, (w - 0.1 * step) * (1 - 0.1 * 0.5))
+
+
+def test_a_group_rescaling_every_fourth_step_counts_from_one():
+    group = Group("g", [torch.zeros(2, 2, 1, 1)], "muon", 0.1, 0.5, newton_schulz_steps=1, rescale_every=4)
+    assert [s for s in range(12) if group.rescales_at(s)] == [3, 7, 11]
+    optimizers = Optimizers([group])
+    optimizers.set_step(2)
+    assert optimizers.rescales[0].item() == 0.0
+    optimizers.set_step(3)
+    assert optimizers.rescales[0].item() == 1.0

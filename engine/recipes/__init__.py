@@ -8,12 +8,13 @@ defaults with some fields changed). Everything else is the engine's, shared.
     seed             hlb-CIFAR10's "under 10 seconds" release (the default)
     seed-long        the same with base width 128 and 80 epochs (about 95.8%)
     airbench94-muon  cifar10-airbench's airbench94 with the Muon optimizer
+    hiverge          hiverge/cifar10-speedrun, the 2025 record (airbench94-muon's descendant)
 """
 from __future__ import annotations
 
 import importlib
 
-BUILT_IN = ("seed", "airbench94_muon")     # the modules here, in --recipe's order (--help reads these
+BUILT_IN = ("seed", "airbench94_muon", "hiverge")     # the modules here, in --recipe's order (--help reads these
 DEFAULT_RECIPE = "seed"                    # two lines without importing them: engine/options.py)
 RECIPES = {name: (module.Config, fields)
            for module in (importlib.import_module(f"engine.recipes.{name}") for name in BUILT_IN)

@@ -13,6 +13,7 @@ augmentation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,6 +39,8 @@ class Config(RecipeConfig):
     recipe: ClassVar[str] = "airbench94-muon"
     reported_as: ClassVar[str] = "accuracy"       # what the summary calls the result (six views)
     has_ema: ClassVar[bool] = False               # the reported network is the trained one
+    group_activation: ClassVar[str] = "norm_gelu"     # the Ops entry after each BatchNorm of a group
+    float32_batchnorm: ClassVar[bool] = True          # BatchNorm layers stay float32 in a float16 network
 
     # Data and augmentation (train_images: RecipeConfig).
     batch_size: int = 2000
@@ -91,7 +94,7 @@ class Config(RecipeConfig):
 
     @property
     def whiten_bias_steps(self) -> int:
-        return self.whiten_bias_epochs * self.steps_per_epoch
+        return math.ceil(self.whiten_bias_epochs * self.steps_per_epoch)
 
     @property
     def weight_decay(self) -> float:
@@ -104,8 +107,9 @@ class Config(RecipeConfig):
         return Augmentation(pad=self.pad, flip="alternating")
 
     def build_network(self, ops: Ops, device, dtype) -> "Network":
-        """The network in `dtype`, its BatchNorm layers in float32."""
-        return on_device(lambda: Network(self, ops), device, dtype, keep_float32=(BatchNorm,))
+        """The network in `dtype` (its BatchNorm layers in float32 where float32_batchnorm)."""
+        return on_device(lambda: Network(self, ops), device, dtype,
+                         keep_float32=(BatchNorm,) if self.float32_batchnorm else ())
 
     def set_whitening(self, model: "Network", train_images: torch.Tensor, ops: Ops):
         """Filters from the first `whiten_images` normalised training images: the uncentered
@@ -142,8 +146,12 @@ class Config(RecipeConfig):
             Group("head", [model.head.weight], peak_lr=self.head_lr, weight_decay=decay / self.head_lr,
                   schedule=linear_decay, **sgd),
             Group("filters", filters, rule="muon", peak_lr=self.muon_lr, momentum=self.muon_momentum,
-                  newton_schulz_steps=self.newton_schulz_steps, schedule=linear_decay),
+                  newton_schulz_steps=self.newton_schulz_steps, schedule=linear_decay, **self.muon_settings()),
         ]
+
+    def muon_settings(self) -> dict:
+        """How this recipe's Muon differs from the engine's default form (airbench's: none)."""
+        return {}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Label-smoothed cross-entropy, summed over the batch."""
@@ -184,11 +192,12 @@ class Conv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    """conv -> max-pool 2 -> BN -> GELU -> conv -> BN -> GELU (no residual, no SE)."""
+    """conv -> max-pool 2 -> BN -> GELU -> conv -> BN -> GELU (no residual, no SE); the
+    activation is the recipe's group_activation (hiverge's: SiLU)."""
 
     def __init__(self, channels_in: int, channels_out: int, config: Config, ops: Ops):
         super().__init__()
-        self.ops = ops
+        self.norm_activation = getattr(ops, config.group_activation)
         self.conv1 = Conv(channels_in, channels_out)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)
@@ -196,8 +205,8 @@ class ConvGroup(nn.Module):
         self.norm2 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ops.norm_gelu(self.pool(self.conv1(x)), self.norm1)
-        return self.ops.norm_gelu(self.conv2(x), self.norm2)
+        x = self.norm_activation(self.pool(self.conv1(x)), self.norm1)
+        return self.norm_activation(self.conv2(x), self.norm2)
 
 
 class Network(nn.Module):

@@ -260,7 +260,7 @@ class Session:
     def train_one(self, index: int):
         self.before_run(index)
         seed, c = self.seed_of(index), self.config
-        self.show.start_run(index, self.runs, seed, c.total_steps, c.epochs)
+        self.show.start_run(index, self.runs, seed, c.total_steps, c.epoch_count)
         try:
             result = self.trainer.run(self.train, self.test, seed, on_epoch=self.show.epoch,
                                       on_step=self.show.step, on_loss=self.show.loss,

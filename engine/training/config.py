@@ -11,6 +11,7 @@ recipe has; engine/checks.py the value checks every recipe's `__post_init__` cal
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,7 +47,14 @@ class RecipeConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        """Optimizer steps in a run. A recipe whose `epochs` is fractional (7.59) ends inside
+        its last epoch: math.ceil(epochs * steps_per_epoch)."""
+        return math.ceil(self.epochs * self.steps_per_epoch)
+
+    @property
+    def epoch_count(self) -> int:
+        """Epochs the run enters, the last one possibly cut short at total_steps."""
+        return -(-self.total_steps // self.steps_per_epoch)
 
     @classmethod
     def from_overrides(cls, **fields):

@@ -233,12 +233,25 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     return images.masked_fill(inside.unsqueeze(1), 0)
 
 
+def brightness_contrast_jitter(images: torch.Tensor, brightness: float, contrast: float,
+                               generator: torch.Generator) -> torch.Tensor:
+    """Per image, in the normalised space: x = (x + s) * c, with s uniform in
+    [-brightness, brightness] and c uniform in [1 - contrast, 1 + contrast]."""
+    n = images.shape[0]
+    draws = torch.rand(n, 2, device=images.device, generator=generator, dtype=torch.float32) * 2 - 1
+    shift = (draws[:, 0] * brightness).view(n, 1, 1, 1)
+    scale = (1 + draws[:, 1] * contrast).view(n, 1, 1, 1)
+    return ((images.float() + shift) * scale).to(images.dtype)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """What a recipe does to its training images each epoch (on the device, batched)."""
     pad: int = 0             # reflect padding each side, once; crops draw offsets 0..2*pad per axis
     flip: str = "random"     # "none", "random" (a fresh coin per image and epoch) or "alternating"
     cutout: int = 0          # cutout square size; 0 disables it
+    brightness: float = 0.0  # after crop and flip: x = (x + s) * c, s in [-brightness, brightness],
+    contrast: float = 0.0    # c in [1 - contrast, 1 + contrast], per image and epoch (0: off)
 
     def __post_init__(self):
         if self.flip not in ("none", "random", "alternating"):
@@ -286,6 +299,8 @@ class CifarLoader:
             if self.first_epoch_flips is None:
                 raise RuntimeError("alternating flips start at epoch 0 of a run")
             images = alternating_flip(images, epoch, self.first_epoch_flips)
+        if aug.brightness or aug.contrast:
+            images = brightness_contrast_jitter(images, aug.brightness, aug.contrast, generator)
         if aug.cutout > 0:
             images = cutout(images, aug.cutout, generator)
         return images.contiguous(memory_format=torch.channels_last)

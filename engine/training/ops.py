@@ -26,6 +26,7 @@ class Ops:
     name: str                      # "eager" or "triton"
     gelu: Callable                 # gelu(x)
     norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None) = GELU(BN(x)) (+ residual)
+    norm_silu: Callable            # norm_silu(x, batchnorm) = SiLU(BN(x)): no kernel of ours, both tables
     squeeze_excite: Callable       # squeeze_excite(r, w1, b1, w2, b2) -> (N, C) gate
     channel_scale: Callable        # channel_scale(x, s) = x * s[:, :, None, None]
     patch_covariance: Callable     # patch_covariance(images, kernel_size) -> (mean, cov), float64
@@ -34,6 +35,12 @@ class Ops:
 def _norm_gelu_eager(x, batchnorm, residual=None):
     y = F.gelu(batchnorm(x))
     return y if residual is None else y + residual
+
+
+def _norm_silu(x, batchnorm):
+    """SiLU(BN(x)) in plain PyTorch for both tables: there is no hand-written kernel for
+    it (under --compile Inductor fuses the BatchNorm apply and the SiLU itself)."""
+    return F.silu(batchnorm(x))
 
 
 def _norm_gelu_fused(x, batchnorm, residual=None):
@@ -62,6 +69,7 @@ def make_ops(kind: str) -> Ops:
         name=kind,
         gelu=partial(kernels.gelu, backend=backend),
         norm_gelu=_norm_gelu_eager if kind == "eager" else _norm_gelu_fused,
+        norm_silu=_norm_silu,
         squeeze_excite=partial(kernels.squeeze_excite, backend=backend),
         channel_scale=partial(kernels.channel_scale, backend=backend),
         patch_covariance=partial(kernels.patch_covariance, backend=backend),

@@ -324,7 +324,7 @@ class Trainer:
         total_timer.stop()
 
         step, finite_check = 0, FiniteLossCheck(self.device, c, optimizers)
-        for epoch in range(c.epochs):
+        for epoch in range(c.epoch_count):
             epoch_timer = Timer(self.device)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
             correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -345,15 +345,17 @@ class Trainer:
                     on_step(step)
                 if on_loss and finite_check.epoch_loss is not shown_loss:
                     on_loss(finite_check.epoch_loss)
+                if step == c.total_steps:           # a fractional last epoch ends here
+                    break
             for timer in (total_timer, train_timer, epoch_timer):
                 timer.stop()
 
-            samples = c.steps_per_epoch * c.batch_size
+            samples = epoch_step * c.batch_size
             train_loss = loss_sum.item() / samples
             finite_check.poll(result.epochs)            # every copy has landed after .item()
             finite_check.verdict(math.isfinite(train_loss), step, result.epochs)   # steps it skipped
 
-            last = epoch == c.epochs - 1
+            last = epoch == c.epoch_count - 1
             ema_started = ema is not None and ema.started
             if last:          # the reported result: timed under the total convention
                 total_timer.start()
