@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import signal
 import sys
 import time
 
@@ -16,13 +17,13 @@ from engine.data import DataError, convert, load_cifar10
 from engine.distributed import World, barrier, finish, start, world_from_env
 from engine.errors import explain
 from engine.ops import KERNEL_CHOICES, make_ops
-from engine.outputs import OutputError
+from engine.outputs import OutputError, OutputLocks
 from engine.plots import require_matplotlib
 from engine.progress import Progress
 from engine.recipe_files import find_recipe
 from engine.recipes import DEFAULT_RECIPE, RECIPES
 from engine.report import device_name, environment
-from engine.session import Outputs, Session, write_json_or_rescue
+from engine.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
 from engine.sweep import Setups, SweepSession, parse_settings, sweep_points
 from engine.train import COMPILE_MODES
 
@@ -199,17 +200,20 @@ def main(argv=None, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or program_name(sys.argv[0])
     try:      # a Session summarises its own interruptions: this one came before any run finished
-        if argv[:1] == ["evaluate"]:
-            return evaluate_main(argv[1:], prog)
-        if argv[:1] == ["convert"]:
-            return convert_main(argv[1:], prog)
-        if argv[:1] == ["compare"]:
-            from engine.compare import compare_main
-            return compare_main(argv[1:], prog)
-        return train_main(argv, prog)
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted before any result was ready", file=sys.stderr)
-        return 130
+        with signals_stop():
+            if argv[:1] == ["evaluate"]:
+                return evaluate_main(argv[1:], prog)
+            if argv[:1] == ["convert"]:
+                return convert_main(argv[1:], prog)
+            if argv[:1] == ["compare"]:
+                from engine.compare import compare_main
+                return compare_main(argv[1:], prog)
+            return train_main(argv, prog)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"\n{prog}: interrupted before any result was ready ({signal.Signals(signum).name}); "
+              f"nothing was written", file=sys.stderr)
+        return EXIT_STATUS.get(signum, 130)
 
 
 def train_main(argv: list, prog: str = "run.py") -> int:
@@ -233,10 +237,10 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         except ImportError as error:
             parser.error(str(error))
     device = resolve_device(parser, args.device, world)
+    outputs, seeds = Outputs(args.json, args.save, args.plot), range(args.seed, args.seed + args.runs)
+    sweep = len(points) if len(points) > 1 else 0
     try:     # every output, before any work
-        Outputs(args.json, args.save, args.plot).check(range(args.seed, args.seed + args.runs), world,
-                                                       inputs=data_input(args.data),
-                                                       points=len(points) if len(points) > 1 else 0)
+        outputs.check(seeds, world, inputs=data_input(args.data), points=sweep)
         if args.data == "synthetic":
             require_synthetic_fits(args.synthetic_size or SYNTHETIC_SIZE, device)
     except ValueError as error:
@@ -245,11 +249,17 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         make_deterministic()
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
     kernels = args.kernels or default_kernels(device)
-    start(world, device)
-    try:
-        return train_runs(parser, args, points, world, device, dtype, kernels)
-    finally:
-        finish(world)
+    with OutputLocks() as locks:      # a second process on the same files is refused
+        try:
+            for option, path in outputs.locked_by(seeds, world, sweep):
+                locks.acquire(option, path)
+        except OutputError as error:
+            parser.error(str(error))
+        start(world, device)
+        try:
+            return train_runs(parser, args, points, world, device, dtype, kernels)
+        finally:
+            finish(world)
 
 
 def recipe_config(args, recipe, train_images: int, settings: dict | None = None):
@@ -391,12 +401,19 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
     except ValueError as error:
         parser.error(str(error))
     device = resolve_device(parser, args.device)
-    if args.json:            # before any work, and never over a checkpoint or the data
-        try:
-            Outputs(json=args.json).check(range(1), inputs=[*(("--checkpoint", path) for path in paths),
-                                                            *data_input(args.data)])
-        except OutputError as error:
-            parser.error(str(error))
+    with OutputLocks() as locks:
+        if args.json:            # before any work, and never over a checkpoint or the data
+            try:
+                Outputs(json=args.json).check(range(1), inputs=[*(("--checkpoint", path) for path in paths),
+                                                                *data_input(args.data)])
+                locks.acquire("--json", args.json)
+            except OutputError as error:
+                parser.error(str(error))
+        return evaluate_all(parser, args, paths, device)
+
+
+def evaluate_all(parser, args, paths: list, device) -> int:
+    """Evaluate each checkpoint; write the JSON of those that could be (--json)."""
     status, payloads, datasets = 0, [], {}
     for path in paths:
         code, payload = evaluate_checkpoint(parser, args, path, device, datasets)
@@ -482,11 +499,14 @@ def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
 def convert_main(argv, prog: str = "run.py") -> int:
     parser = build_convert_parser(prog)
     args = parser.parse_args(argv)
-    try:
-        data = convert(args.source, args.out, args.download)
-    except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    with OutputLocks() as locks:
+        try:
+            if os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+                locks.acquire("OUT", args.out)
+            data = convert(args.source, args.out, args.download)
+        except (DataError, OutputError) as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 2
     print(f"wrote {args.out}: {len(data.train_labels)} train and {len(data.test_labels)} test images "
           f"from {data.source}")
     return 0

@@ -1,0 +1,248 @@
+"""Nothing a user already has is destroyed (issue 19): outputs never replace a device,
+a FIFO or a link; an interrupted rerun keeps the earlier result; two processes on the
+same files are refused; paths naming a folder are refused before any work and two
+rescues never share a file; SIGHUP is summarised and SIGTERM leaves no temporary file;
+a changed image with its old size and time is decoded again."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import cli, session
+from engine.outputs import (NotAFileError, OutputError, OutputLocks, atomic_write, check_output_path,
+                            write_or_rescue)
+from engine.report import write_json
+from engine.train import Trainer
+from test_daily_results_safe import ROOT, SMALL, instant_runs
+
+
+def earlier_result(path: Path, runs: int = 2):
+    """A finished result of `runs` runs at `path`, as a user has it from a previous command."""
+    payload = {"runs": [{"seed": s, "status": "ok", "ema_accuracy": 0.5, "train_seconds": 1,
+                         "total_seconds": 2} for s in range(runs)], "complete": True, "final": True}
+    path.write_text(json.dumps(payload))
+    return payload
+
+
+# ---- outputs onto what is not a regular file ----
+
+def test_atomic_write_never_renames_over_a_fifo(tmp_path):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(NotAFileError, match="is a FIFO"):
+        atomic_write(fifo, lambda file: file.write(b"{}"))
+    assert fifo.is_fifo() and os.listdir(tmp_path) == ["pipe.json"]      # no temporary file left
+
+
+def test_atomic_write_through_a_link_replaces_the_file_and_keeps_the_link(tmp_path):
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("real.json")
+    atomic_write(tmp_path / "link.json", lambda file: file.write("new"), binary=False)
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/dev/stdout"])
+def test_a_device_or_stdout_as_output_is_refused_naming_the_option(path):
+    with pytest.raises(OutputError, match=f"--json {path} is .*, not a regular file"):
+        check_output_path("--json", path)
+
+
+@pytest.mark.parametrize("option", ["--json", "--save", "--plot"])
+def test_training_onto_a_fifo_is_refused_before_any_work_and_the_fifo_stays(tmp_path, monkeypatch, capsys,
+                                                                             option):
+    fifo = tmp_path / ("out.png" if option == "--plot" else "out")
+    os.mkfifo(fifo)
+    monkeypatch.setattr(cli, "load_cifar10", lambda *a, **k: pytest.fail("loaded the data despite a bad output"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*SMALL, option, str(fifo)])
+    assert caught.value.code == 2 and "is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+    assert fifo.is_fifo()
+
+
+def test_evaluate_and_convert_onto_a_fifo_are_refused(tmp_path, capsys):
+    fifo = tmp_path / "out.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--json", str(fifo)])
+    assert "is a FIFO" in capsys.readouterr().err
+    np.savez(tmp_path / "src.npz", train_images=np.zeros((10, 32, 32, 3), np.uint8),
+             train_labels=np.arange(10), test_images=np.zeros((10, 32, 32, 3), np.uint8), test_labels=np.arange(10))
+    assert cli.main(["convert", str(tmp_path / "src.npz"), str(fifo)]) == 2
+    assert "is a FIFO" in capsys.readouterr().err and fifo.is_fifo()
+
+
+def test_a_device_appearing_after_the_check_is_rescued_not_replaced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fifo = tmp_path / "late.json"
+    os.mkfifo(fifo)                                  # as if made after the up-front check
+    written, message = write_or_rescue(lambda p: write_json(p, {"a": 1}), str(fifo), "the JSON")
+    assert fifo.is_fifo() and written != str(fifo) and json.loads(Path(written).read_text()) == {"a": 1}
+
+
+# ---- an interrupted rerun keeps the earlier result ----
+
+def test_a_rerun_stopped_before_any_run_keeps_the_earlier_result(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs.json"
+    earlier = earlier_result(out)
+
+    def ctrl_c(call, seed):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "run", instant_runs(before_run=ctrl_c))
+    assert cli.main([*SMALL, "--runs", "2", "--json", str(out)]) == 130
+    assert json.loads(out.read_text()) == earlier
+    err = capsys.readouterr().err
+    assert f"kept the earlier result in {out} (2 run(s))" in err
+    aside = tmp_path / "runs.unfinished.json"
+    assert str(aside) in err and json.loads(aside.read_text())["runs"] == []
+
+
+def test_a_rerun_stopped_with_fewer_runs_leaves_them_beside_the_earlier_result(tmp_path, monkeypatch):
+    out = tmp_path / "runs.json"
+    earlier = earlier_result(out, runs=3)
+    (tmp_path / "runs.unfinished.json").write_text("an earlier unfinished result")   # never replaced either
+
+    def ctrl_c(call, seed):
+        if call == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "run", instant_runs(before_run=ctrl_c))
+    assert cli.main([*SMALL, "--runs", "3", "--json", str(out)]) == 130
+    assert json.loads(out.read_text()) == earlier
+    assert (tmp_path / "runs.unfinished.json").read_text() == "an earlier unfinished result"
+    aside = json.loads((tmp_path / "runs.unfinished-2.json").read_text())
+    assert [r["seed"] for r in aside["runs"]] == [0] and aside["complete"] is False and aside["final"] is True
+
+
+def test_a_rerun_that_finishes_replaces_the_earlier_result(tmp_path, monkeypatch):
+    out = tmp_path / "runs.json"
+    earlier_result(out, runs=2)
+    monkeypatch.setattr(Trainer, "run", instant_runs())
+    assert cli.main([*SMALL, "--runs", "2", "--seed", "5", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] and [r["seed"] for r in report["runs"]] == [5, 6]
+    assert not (tmp_path / "runs.unfinished.json").exists()               # the progress file is gone
+
+
+def test_a_complete_result_with_fewer_runs_keeps_the_earlier_as_previous(tmp_path, monkeypatch):
+    out = tmp_path / "runs.json"
+    earlier = earlier_result(out, runs=3)
+    monkeypatch.setattr(Trainer, "run", instant_runs())
+    assert cli.main([*SMALL, "--runs", "1", "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())["runs"]) == 1
+    assert json.loads((tmp_path / "runs.previous.json").read_text()) == earlier
+
+
+def test_a_file_stopped_by_sigterm_is_never_marked_complete(tmp_path, monkeypatch):
+    def sigterm(call, seed):
+        if call == 3:
+            raise session.Stopped(signal.SIGTERM)
+    monkeypatch.setattr(Trainer, "run", instant_runs(before_run=sigterm))
+    out = tmp_path / "runs.json"
+    assert cli.main([*SMALL, "--runs", "20", "--json", str(out)]) == 143
+    report = json.loads(out.read_text())
+    assert len(report["runs"]) == 2 and report["complete"] is False and report["interrupted"] is True
+
+
+# ---- two processes on the same outputs ----
+
+def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "runs.json"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from engine.outputs import OutputLocks\n"
+        "with OutputLocks() as locks:\n"
+        f"    locks.acquire('--json', {str(out)!r}); print('locked', flush=True); time.sleep(60)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match=rf"--json {out}: another run \(process {holder.pid}\) is writing"):
+            with OutputLocks() as locks:
+                locks.acquire("--json", out)
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLocks() as locks:                 # a lock dies with its process
+        locks.acquire("--json", out)
+    assert not os.listdir(tmp_path)              # released: the lock file is gone
+
+
+def test_two_trainings_on_the_same_json_and_save_the_second_is_refused(tmp_path, monkeypatch, capsys):
+    out, save = tmp_path / "runs.json", tmp_path / "model.pt"
+    seen = []
+
+    def second_process(call, seed):
+        seen.append(subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--json", str(out),
+                                    "--save", str(save)], cwd=ROOT, capture_output=True, text=True, timeout=300))
+    monkeypatch.setattr(Trainer, "run", instant_runs(before_run=second_process))
+    assert cli.main([*SMALL, "--json", str(out), "--save", str(save)]) == 0
+    assert seen[0].returncode == 2, seen[0].stderr
+    assert "another run" in seen[0].stderr and "is writing this file now" in seen[0].stderr
+    assert json.loads(out.read_text())["runs"][0]["checkpoint"] == str(save)
+
+
+# ---- names the up-front check must try; rescues never share a file ----
+
+@pytest.mark.parametrize("option", ["--json", "--save"])
+def test_an_output_ending_in_a_slash_is_refused_before_any_work(tmp_path, monkeypatch, capsys, option):
+    monkeypatch.setattr(cli, "load_cifar10", lambda *a, **k: pytest.fail("loaded the data despite a bad output"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*SMALL, option, str(tmp_path / "newdir") + "/"])
+    assert caught.value.code == 2 and "names a folder, not a file" in capsys.readouterr().err
+
+
+def test_two_rescues_of_the_same_name_get_two_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    first, _ = write_or_rescue(lambda p: write_json(p, {"what": "json"}), str(blocked / "x") + "/", "the JSON")
+    second, message = write_or_rescue(lambda p: write_json(p, {"what": "checkpoint"}), str(blocked / "x") + "/",
+                                      "the checkpoint")
+    assert first != second and f"wrote it to {second} instead" in message
+    assert json.loads(Path(first).read_text()) == {"what": "json"}
+    assert json.loads(Path(second).read_text()) == {"what": "checkpoint"}
+
+
+# ---- signals and leftovers ----
+
+def test_sighup_is_summarised_like_ctrl_c(tmp_path):
+    out = tmp_path / "runs.json"
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *SMALL, "--runs", "1000",
+                                "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("final:"):
+                break
+        process.send_signal(signal.SIGHUP)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 129, stderr
+    assert "interrupted (SIGHUP)" in stderr and "Traceback" not in stderr
+    report = json.loads(out.read_text())
+    assert report["final"] and report["interrupted"] and len(report["runs"]) >= 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
+    """The child sends itself the signal in the middle of writing OUT (np.savez wrapped)."""
+    code = ("import os, sys, numpy as np\n"
+            "real = np.savez\n"
+            "def savez(file, **arrays):\n"
+            "    file.write(b'x' * 1000)\n"
+            f"    os.kill(os.getpid(), {int(signum)})\n"
+            "    real(file, **arrays)\n"
+            "np.savez = savez\n"
+            "from engine import cli\n"
+            f"sys.exit(cli.main(['convert', 'synthetic-src.npz', {str(tmp_path / 'out.npz')!r}]))\n")
+    np.savez(tmp_path / "synthetic-src.npz", train_images=np.zeros((10, 32, 32, 3), np.uint8),
+             train_labels=np.arange(10), test_images=np.zeros((10, 32, 32, 3), np.uint8), test_labels=np.arange(10))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 128 + signum, done.stderr
+    assert "Traceback" not in done.stderr and "nothing was written" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["synthetic-src.npz"]
