@@ -246,3 +246,104 @@ def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
     assert done.returncode == 128 + signum, done.stderr
     assert "Traceback" not in done.stderr and "nothing was written" in done.stderr
     assert sorted(os.listdir(tmp_path)) == ["synthetic-src.npz"]
+
+
+# ---- the image-folder cache ----
+
+def test_an_image_replaced_with_the_same_size_and_time_is_decoded_again(tmp_path, monkeypatch):
+    from PIL import Image
+    from engine.data import load_cifar10
+    from test_image_folder import make_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    root = tmp_path / "images"
+    make_folder(root, classes=("cat", "dog"), per_class=1)
+    first = load_cifar10(root)
+    image = root / "train" / "cat" / "0000.png"
+    before = os.stat(image)
+    replacement = tmp_path / "other.png"
+    pixels = np.full((32, 32, 3), 7, np.uint8)
+    pixels[0, 0] = 200
+    Image.fromarray(pixels).save(replacement, format="PNG")
+    with open(replacement, "ab") as file:          # padded to the old size (PNG ignores trailing bytes)
+        file.write(b"\0" * (before.st_size - os.path.getsize(replacement)))
+    assert os.path.getsize(replacement) == before.st_size
+    os.replace(replacement, image)                 # as rsync -a does, then its time restored (touch -r)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = load_cifar10(root)
+    assert not np.array_equal(first.train_images, again.train_images)
+    assert np.array_equal(again.train_images[first.train_labels == 3][0], pixels)
+
+
+def test_sigterm_during_the_image_cache_write_leaves_no_temporary_file(tmp_path):
+    from test_image_folder import make_folder
+
+    root = tmp_path / "images"
+    make_folder(root, classes=("cat", "dog"), per_class=1)
+    code = ("import os, sys, numpy as np\n"
+            "real = np.savez\n"
+            "def savez(file, **arrays):\n"
+            "    file.write(b'x' * 1000)\n"
+            "    os.kill(os.getpid(), 15)\n"
+            "    real(file, **arrays)\n"
+            "np.savez = savez\n"
+            "from engine import cli\n"
+            f"sys.exit(cli.main(['convert', {str(root)!r}, {str(tmp_path / 'out.npz')!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert done.returncode == 143, done.stderr
+    left = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path) for name in names
+            if name.startswith(".tmp-")]
+    assert not left and not (tmp_path / "out.npz").exists()
+
+
+# ---- image folders that cannot be read: a message, not a traceback ----
+
+def test_a_symlink_loop_in_an_image_folder_is_named(tmp_path):
+    from engine.data import DataError, load_cifar10
+    from test_image_folder import make_folder
+
+    make_folder(tmp_path, classes=("cat",), per_class=1)
+    (tmp_path / "train" / "dogs").symlink_to("dogs")
+    with pytest.raises(DataError, match=r"cannot read .*train/dogs in the image folder .*Too many levels"):
+        load_cifar10(tmp_path)
+
+
+def test_an_unreadable_class_folder_is_named(tmp_path, monkeypatch):
+    from engine import image_folder
+    from engine.data import DataError, load_cifar10
+    from test_image_folder import make_folder
+
+    make_folder(tmp_path, classes=("cat",), per_class=1)
+    real_scandir, locked = os.scandir, str(tmp_path / "train" / "cat")
+
+    def scandir(path):                  # tests run as root: chmod would not stop the reading
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+    monkeypatch.setattr(image_folder.os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read .*train/cat in the image folder .*Permission denied"):
+        load_cifar10(tmp_path)
+
+
+def test_an_unreadable_data_folder_is_not_told_to_download(tmp_path, monkeypatch, capsys):
+    from engine import data as data_module
+
+    locked = tmp_path / "cifar"
+    locked.mkdir()
+    monkeypatch.setattr(data_module.os, "access", lambda path, mode: os.fspath(path) != str(locked))
+    assert cli.main(["--data", str(locked), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {locked}: permission denied" in err and "Pass --download" not in err
+
+
+def test_a_decompression_bomb_image_is_refused_naming_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+    from engine.data import DataError
+    from engine.image_folder import read_image
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)          # 4096 pixels: over twice the limit
+    with pytest.raises(DataError, match=r"cannot read the image .*big.png \(DecompressionBombError"):
+        read_image(str(big))
