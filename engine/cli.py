@@ -14,7 +14,8 @@ from engine.api import default_dtype, default_kernels, evaluate, make_determinis
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
 from engine.data import DataError, convert, load_cifar10
-from engine.distributed import World, barrier, finish, start, world_from_env
+from engine.distributed import (GATHER_SECONDS, JOIN_SECONDS, PeersMissing, World, barrier, finish, start,
+                                world_from_env)
 from engine.errors import explain
 from engine.ops import KERNEL_CHOICES, make_ops
 from engine.outputs import OutputError, OutputLocks
@@ -52,6 +53,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -116,6 +124,11 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
+    g.add_argument("--join-timeout", type=positive_float, default=JOIN_SECONDS, metavar="SECONDS",
+                   help=f"under torchrun: how long each process waits for the others to start (default {JOIN_SECONDS})")
+    g.add_argument("--gather-timeout", type=positive_float, default=GATHER_SECONDS, metavar="SECONDS",
+                   help="under torchrun: how long a process that finished its runs waits for the others' "
+                        f"(default {GATHER_SECONDS}, a day; above the longest run)")
     g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="{" + ",".join(RECIPES) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
@@ -255,9 +268,13 @@ def train_main(argv: list, prog: str = "run.py") -> int:
                 locks.acquire(option, path)
         except OutputError as error:
             parser.error(str(error))
-        start(world, device)
         try:
-            return train_runs(parser, args, points, world, device, dtype, kernels)
+            peers = start(world, device, args.join_timeout, args.gather_timeout)
+        except PeersMissing as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 1
+        try:
+            return train_runs(parser, args, points, world, device, dtype, kernels, peers)
         finally:
             finish(world)
 
@@ -279,7 +296,7 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
     return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
                               **(settings or {}))
 
-def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str) -> int:
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None) -> int:
     """Load the data, build the trainer and loaders, and hand them to a Session (a
     SweepSession for several points)."""
     if args.download and not world.main:
@@ -339,7 +356,7 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
-                  quiet=args.quiet)
+                  quiet=args.quiet, peers=peers)
     if len(points) > 1:
         session = SweepSession(points, configs, setups, runs=args.runs, **common)
     else:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from engine.checkpoint import save_checkpoint
 from engine.config import NUM_CLASSES
-from engine.distributed import World, gather
+from engine.distributed import Peers, World, gather
 from engine.errors import explain
 from engine.outputs import OutputError, atomic_write, check_output_paths, free_name, write_or_rescue
 from engine.progress import Progress
@@ -225,7 +225,8 @@ class Session:
 
     trainer, train, test: an already-built Trainer and its loaders (warmed up if wanted).
     runs, first_seed: the global runs (run i has seed first_seed + i); this process trains
-    world.my_runs(runs). show: the progress display. data_source: how the summary names
+    world.my_runs(runs); peers: what the gathers wait on (engine.distributed.start).
+    show: the progress display. data_source: how the summary names
     the data. context: the JSON's fields that describe the set-up (config, dtype, device,
     versions, ...). checkpoint_fields: what each --save file records besides the run's seed
     and accuracies. warmup_seconds: the warm-up's time, for the JSON."""
@@ -233,10 +234,11 @@ class Session:
     def __init__(self, trainer, train, test, *, runs: int, first_seed: int = 0, world: World = World(),
                  outputs: Outputs = Outputs(), show: Progress | None = None, data_source: str = "",
                  context: dict | None = None, checkpoint_fields: dict | None = None,
-                 evaluate_every_epoch: bool = True, warmup_seconds: float = 0.0, quiet: bool = False):
+                 evaluate_every_epoch: bool = True, warmup_seconds: float = 0.0, quiet: bool = False,
+                 peers: Peers | None = None):
         self.trainer, self.train, self.test = trainer, train, test
         self.config = trainer.config
-        self.runs, self.first_seed, self.world, self.outputs = runs, first_seed, world, outputs
+        self.runs, self.first_seed, self.world, self.outputs, self.peers = runs, first_seed, world, outputs, peers
         self.show = show or Progress("quiet")
         self.data_source, self.context = data_source, dict(context or {})
         self.checkpoint_fields = dict(checkpoint_fields or {})
@@ -413,8 +415,8 @@ class Session:
         """Gather, report (rank 0), tidy up the progress files; the exit status (see run)."""
         self.finishing = True
         try:
-            processes = gather(self.world, self.process())
-        except RuntimeError as error:     # another process died: torch.distributed cannot gather
+            processes = gather(self.world, self.process(), self.peers, "processes")
+        except RuntimeError as error:     # another process died or is missing (PeersMissing): cannot gather
             kept = self.progress_path if self.finished else None
             print(f"{self.show.prefix}error: could not gather the other processes' runs "
                   f"({(str(error).strip().splitlines() or [''])[0]}); no summary is written. "
@@ -422,7 +424,7 @@ class Session:
                      "Pass --json to keep each process's finished runs on disk."), file=sys.stderr, flush=True)
             return 1
         json_written = self.report(processes) if self.world.main else True
-        if self.world.distributed and self.outputs.json and gather(self.world, json_written)[0]:
+        if self.world.distributed and self.outputs.json and gather(self.world, json_written, self.peers, "json")[0]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.progress_path)
         if self.crash is not None:

@@ -347,3 +347,64 @@ def test_a_decompression_bomb_image_is_refused_naming_the_file(tmp_path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)          # 4096 pixels: over twice the limit
     with pytest.raises(DataError, match=r"cannot read the image .*big.png \(DecompressionBombError"):
         read_image(str(big))
+
+
+# ---- torchrun's variables and peers that never come ----
+
+@pytest.mark.parametrize("variables, message", [
+    ({"RANK": "0"}, "RANK is set but WORLD_SIZE is not"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is set but RANK is not"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0: the number of processes must be at least 1"),
+    ({"RANK": "0", "WORLD_SIZE": "-2"}, "WORLD_SIZE=-2"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1 with WORLD_SIZE=2: a rank is 0 .. WORLD_SIZE - 1"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 with WORLD_SIZE=2"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1: must be >= 0"),
+])
+def test_bad_torchrun_variables_are_one_line_errors(monkeypatch, capsys, variables, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "load_cifar10", lambda *a, **k: pytest.fail("loaded the data"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main(SMALL)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and message in err and "Traceback" not in err
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def lonely_rank(rank: int, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_rank0_whose_peer_never_joins_says_who_is_missing_within_the_timeout():
+    started = time.monotonic()
+    done = lonely_rank(0, "--join-timeout", "3")
+    assert done.returncode == 1 and time.monotonic() - started < 60, done.stderr
+    assert "rank 0: rank(s) 1 of 2 did not join within 3 s" in done.stderr and "--join-timeout" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_rank_that_cannot_reach_rank0_says_so_within_the_timeout():
+    done = lonely_rank(1, "--join-timeout", "3")
+    assert done.returncode == 1, done.stderr
+    assert "rank 1 could not reach rank 0 at 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_gather_names_the_rank_that_did_not_finish():
+    import torch.distributed as dist
+    from engine.distributed import Peers, PeersMissing, World, gather
+
+    store = dist.TCPStore("127.0.0.1", free_port(), 2, True, wait_for_workers=False)
+    with pytest.raises(PeersMissing, match=r"rank 0: rank\(s\) 1 of 2 did not finish its runs within 1 s.*"
+                                           r"--gather-timeout"):
+        gather(World(rank=0, size=2), {"runs": []}, Peers(store, 1.0), "processes")
