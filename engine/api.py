@@ -18,7 +18,7 @@ import torch
 
 from torch import nn
 
-from engine.checks import as_device, as_dtype, require_seeds, require_synthetic_fits, require_type
+from engine.checks import as_device, as_dtype, dtype_name, require_seeds, require_synthetic_fits, require_type
 from engine.config import RecipeConfig
 from engine.data import Cifar10, CifarLoader, load_cifar10
 from engine.evaluation import evaluate as evaluate_loader
@@ -121,4 +121,9 @@ def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_si
         parameter = next(model.parameters())
         config = config.replace(test_batch_size=batch_size or config.test_batch_size)
         data = CifarLoader(data.test_images, data.test_labels, config, False, parameter.device, parameter.dtype)
+    parameter = next(model.parameters())
+    if (data.images.dtype, data.images.device) != (parameter.dtype, parameter.device):
+        raise ValueError(f"data holds {dtype_name(data.images.dtype)} images on {data.images.device} but the "
+                         f"network is {dtype_name(parameter.dtype)} on {parameter.device}; build the CifarLoader "
+                         f"with the network's device and dtype, or pass the Cifar10 itself")
     return evaluate_loader(model, data, views)

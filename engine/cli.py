@@ -12,7 +12,7 @@ import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
+from engine.checks import DTYPES, dtype_name, require_network_fits, require_seeds, require_synthetic_fits
 from engine.data import DataError, convert, load_cifar10
 from engine.distributed import (GATHER_SECONDS, JOIN_SECONDS, PeersMissing, World, barrier, finish, start,
                                 world_from_env)
@@ -313,6 +313,8 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
         configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
+        for config in configs:
+            require_network_fits(config, device, dtype)
     except ValueError as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
@@ -476,7 +478,11 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
             datasets[data_key] = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
         data = datasets[data_key]
     except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        relative = "" if os.path.isabs(data_name) or data_name == "synthetic" else \
+            f", a path relative to the folder {path} was trained in"
+        recorded_here = "" if args.data else (f" (--data {data_name} is what {path} records it was trained "
+                                              f"on{relative}; pass --data to use other data)")
+        print(f"{parser.prog}: error: {error}{recorded_here}", file=sys.stderr)
         return 2, None
     config = saved["config"]
     accuracy = evaluate(model, data)

@@ -111,11 +111,25 @@ def flag_learned_nothing(result, test_images: int) -> str | None:
     return reason
 
 
+def reported_as(config) -> str:
+    """What reports call a run's result: the recipe's `reported_as`, or plain "accuracy" when
+    the recipe reports an EMA network but this config trains none (e.g. --epochs 1)."""
+    if config.has_ema or getattr(type(config), "has_ema", None) is False:   # EMA, or a recipe that never has one
+        return config.reported_as
+    return "accuracy"
+
+
+def learned_nothing_hint(config) -> str:
+    """What the summary tells to check when runs learned nothing: --lr where the recipe has it."""
+    return "check --lr and the data" if "lr" in type(config).field_names() else \
+        "check the learning rates (--set NAME=VALUE) and the data"
+
+
 def final_line(result, config, reason: str | None) -> str:
     """A finished run's closing line: what its recipe reports, the network's accuracy when
     that is an EMA copy's, the seconds, and why it learned nothing (reason) if it did not."""
     network = f", accuracy {100 * result.accuracy:.2f}%" if config.has_ema else ""
-    return (f"final: {config.reported_as} {100 * result.ema_accuracy:.2f}%{network}, "
+    return (f"final: {reported_as(config)} {100 * result.ema_accuracy:.2f}%{network}, "
             f"{result.train_seconds:.3f} s training, {result.total_seconds:.3f} s in all"
             + (f"; LEARNED NOTHING: {reason}" if reason else ""))
 
@@ -461,7 +475,8 @@ class Session:
         return path
 
     def summary_text(self, payload: dict) -> str:
-        return format_summary(payload["summary"], self.data_source, payload["device"], self.config.reported_as)
+        return format_summary(payload["summary"], self.data_source, payload["device"], reported_as(self.config),
+                              learned_nothing_hint(self.config))
 
     def report(self, processes: list) -> bool:
         """Print the summary, write the JSON and the plot, from every process's runs in run

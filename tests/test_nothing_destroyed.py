@@ -408,3 +408,178 @@ def test_the_gather_names_the_rank_that_did_not_finish():
     with pytest.raises(PeersMissing, match=r"rank 0: rank\(s\) 1 of 2 did not finish its runs within 1 s.*"
                                            r"--gather-timeout"):
         gather(World(rank=0, size=2), {"runs": []}, Peers(store, 1.0), "processes")
+
+
+# ---- checkpoints: edited, inflating, misnamed; a message each, never a traceback ----
+
+def tiny_checkpoint(path: Path, **changes) -> Path:
+    import torch
+    from engine.checkpoint import save_checkpoint
+    from engine.ops import make_ops
+    from test_daily_results_safe import TINY
+
+    network = TINY.build_network(make_ops("eager"), "cpu", torch.float32)
+    save_checkpoint(path, network, TINY, accuracy=0.5, seed=0,
+                    data={"data": "synthetic", "synthetic_size": 512, "seed": 0})
+    if changes:
+        payload = torch.load(path, weights_only=True)
+        payload.update(changes)
+        torch.save(payload, path)
+    return path
+
+
+def evaluate_error(capsys, *args) -> tuple:
+    try:
+        code = cli.main(["evaluate", "--device", "cpu", *args])
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"data": {"data": 5}}, "data"),
+    ({"data": {"data": "synthetic", "synthetic_size": 512, "seed": "x"}}, "data"),
+    ({"data": {"data": "synthetic", "synthetic_size": "big", "seed": 0}}, "data"),
+    ({"seed": [1, 2]}, "seed"),
+])
+def test_a_checkpoint_with_edited_fields_is_refused_naming_the_field(tmp_path, capsys, changes, field):
+    path = tiny_checkpoint(tmp_path / "m.pt", **changes)
+    code, err = evaluate_error(capsys, "--checkpoint", str(path))
+    assert code == 2 and f"its {field} is missing or malformed" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_whose_weights_were_edited_names_what_differs(tmp_path, capsys):
+    import torch
+    from engine.ops import make_ops
+    from test_daily_results_safe import TINY
+
+    state = TINY.build_network(make_ops("eager"), "cpu", torch.float32).state_dict()
+    first = next(iter(state))
+    edited = {name: value for name, value in state.items() if name != first}
+    edited["extra.weight"] = torch.zeros(1)
+    path = tiny_checkpoint(tmp_path / "m.pt", state_dict=edited)
+    code, err = evaluate_error(capsys, "--checkpoint", str(path))
+    assert code == 2 and f"missing {first}; unexpected extra.weight" in err
+
+
+def test_a_checkpoint_that_would_inflate_is_refused_before_it_is_read(tmp_path, monkeypatch, capsys):
+    import zipfile
+    import torch
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 << 20))           # 64 MB in about 64 kB
+    assert os.path.getsize(bomb) < 1 << 20
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the checkpoint was inflated"))
+    code, err = evaluate_error(capsys, "--checkpoint", str(bomb))
+    assert code == 2 and "would inflate to 0.1 GB" in err and "it is not read" in err
+
+
+def test_a_checkpoint_path_that_is_a_directory_says_so(tmp_path, capsys):
+    code, err = evaluate_error(capsys, "--checkpoint", str(tmp_path))
+    assert code == 2 and f"{tmp_path} is a directory, not a checkpoint" in err and "no such" not in err
+
+
+def test_evaluating_the_save_name_of_several_runs_names_their_files(tmp_path, capsys):
+    for seed in (0, 1):
+        tiny_checkpoint(tmp_path / f"ck-seed{seed}.pt")
+    code, err = evaluate_error(capsys, "--checkpoint", str(tmp_path / "ck.pt"))
+    assert code == 2 and "wrote one file per run" in err
+    assert str(tmp_path / "ck-seed0.pt") in err and str(tmp_path / "ck-seed1.pt") in err
+    assert "Write one with" not in err
+
+
+def test_recorded_relative_data_that_is_not_here_says_where_it_came_from(tmp_path, monkeypatch, capsys):
+    path = tiny_checkpoint(tmp_path / "m.pt", data={"data": "elsewhere/cifar.npz"})
+    monkeypatch.chdir(tmp_path)
+    code, err = evaluate_error(capsys, "--checkpoint", str(path))
+    assert code == 2 and f"--data elsewhere/cifar.npz is what {path} records" in err
+    assert "relative to the folder" in err and "pass --data to use other data" in err
+
+
+# ---- the library's inputs ----
+
+def test_fit_refuses_a_bool_seed():
+    import engine
+    with pytest.raises(TypeError, match="seed must be an integer, got bool True"):
+        engine.fit(seed=True)
+
+
+def test_labels_beyond_the_networks_outputs_are_refused():
+    import engine
+    from engine.data import make_synthetic
+    from test_daily_results_safe import TINY
+
+    data = make_synthetic(512, seed=0)
+    data.train_labels = data.train_labels.copy()
+    data.train_labels[0] = 12
+    with pytest.raises(ValueError, match=r"labels range over 0 \.\. 12; the network has 10 outputs"):
+        engine.fit(TINY, data, device="cpu")
+
+
+def test_evaluate_with_a_loader_of_another_dtype_says_so():
+    import torch
+    import engine
+    from engine.data import CifarLoader, make_synthetic
+    from engine.ops import make_ops
+    from test_daily_results_safe import TINY
+
+    data = make_synthetic(512, seed=0)
+    network = TINY.build_network(make_ops("eager"), "cpu", torch.float32)
+    loader = CifarLoader(data.test_images, data.test_labels, TINY, False, "cpu", torch.float16)
+    with pytest.raises(ValueError, match="float16 images on cpu but the network is float32"):
+        engine.evaluate(network, loader)
+
+
+# ---- resources and the environment ----
+
+def test_an_mplbackend_naming_nothing_real_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--plot", str(tmp_path / "p.png")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MPLBACKEND": "nothing"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "matplotlib cannot start with MPLBACKEND='nothing'" in done.stderr and "set it to agg" in done.stderr
+
+
+def test_an_address_space_limit_counts_as_the_memory_left(monkeypatch):
+    import resource
+    import torch
+    from engine import checks
+
+    def status_vm_size():
+        with open("/proc/self/status") as file:
+            return next(int(line.split()[1]) * 1024 for line in file if line.startswith("VmSize:"))
+    limit = status_vm_size() + 2 * 10**9                         # `ulimit -v`: 2 GB above what is mapped now
+    monkeypatch.setattr(checks.resource, "getrlimit", lambda kind: (limit, resource.RLIM_INFINITY))
+    assert checks.available_memory() <= 2 * 10**9 + 10**8
+    with pytest.raises(ValueError, match=r"--synthetic-size 50000 needs about 4\.0 GB of memory, but only"):
+        checks.require_synthetic_fits(50_000, torch.device("cpu"))
+
+
+def test_a_huge_base_width_is_refused_before_anything_is_allocated(monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "run", lambda *a, **k: pytest.fail("trained a network that cannot fit"))
+    args = [a if a != "8" else "20000" for a in SMALL]              # --base-width 20000
+    with pytest.raises(SystemExit) as caught:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "the network of base width 20000 has" in err and "lower --base-width" in err
+
+
+# ---- what reports say ----
+
+@pytest.mark.parametrize("recipe", ["seed", "seed-long"])
+def test_a_run_without_ema_is_not_reported_as_ema_accuracy(monkeypatch, capsys, recipe):
+    monkeypatch.setattr(Trainer, "run", instant_runs())
+    args = [a if a != "2" else "1" for a in SMALL]                  # --epochs 1: no EMA epoch
+    assert cli.main([*args, "--recipe", recipe]) == 0
+    out = capsys.readouterr().out
+    assert "EMA accuracy" not in out and "final: accuracy 55.00%" in out and "  accuracy       mean 55.00%" in out
+
+
+def test_the_learned_nothing_hint_names_only_options_the_recipe_takes():
+    from engine.recipe_files import find_recipe
+    from engine.session import learned_nothing_hint
+
+    assert "--lr" in learned_nothing_hint(find_recipe("seed").make_config())
+    record = learned_nothing_hint(find_recipe("airbench94-muon").make_config())
+    assert "--lr" not in record and "--set" in record
