@@ -70,6 +70,9 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
     accuracy stayed at chance or the loss at its start); `to_dict()` gives the figures.
     Raises TrainingDiverged if the loss turns NaN or infinite; TypeError or ValueError,
     naming the argument, for an argument of the wrong kind.
+    The same seed gives the same result on the same device with the same number of CPU
+    threads, one `fit` at a time: it seeds torch's global generator, which the threads of a
+    process share (train concurrent runs in separate processes).
     """
     config = Config() if config is None else config
     require_type("config", config, RecipeConfig, "a recipe's Config (engine.Config, engine.make_config(...))")

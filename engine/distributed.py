@@ -1,7 +1,9 @@
 """Many runs over many processes: `torchrun --nproc_per_node=K run.py --runs N ...`.
 
 Each process (one GPU each, cuda:LOCAL_RANK; or the CPU) trains the runs i with
-i % K == its rank, each with seed --seed + i, exactly as a single process would.
+i % K == its rank, each with seed --seed + i, exactly as a single process would (on
+the CPU: a single process with OMP_NUM_THREADS=1, which torchrun sets in each process;
+CPU results depend on the thread count).
 At the end every result is gathered through torch.distributed (gloo on the CPU,
 NCCL on CUDA) and rank 0 alone prints and writes the one summary. Without
 torchrun's variables, or with one process, nothing here touches torch.distributed.
