@@ -230,8 +230,9 @@ class OutputLocks:
 
     def release(self):
         for lock, handle in self.held.items():
-            try:
-                os.unlink(lock)
+            try:                          # only our own lock file: an output may have been renamed over it
+                if os.stat(lock).st_ino == os.fstat(handle).st_ino:
+                    os.unlink(lock)
             except OSError:
                 pass
             os.close(handle)

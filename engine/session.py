@@ -196,10 +196,10 @@ class Outputs:
         return named
 
 
-def held_runs(path: str) -> int | None:
+def held_runs(path: str, ours: bool = False) -> int | None:
     """What a file already at an output path holds: None when there is nothing (no file,
     or an empty one); the number of runs of a JSON of ours; 1 for any other file (kept
-    from a result with no run)."""
+    from a result with no run), or None for one with `ours`."""
     try:
         if os.path.getsize(path) == 0:
             return None
@@ -208,9 +208,9 @@ def held_runs(path: str) -> int | None:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except (OSError, ValueError):
-        return 1
+        return None if ours else 1
     runs = payload.get("runs") if isinstance(payload, dict) else None
-    return len(runs) if isinstance(runs, list) else 1
+    return len(runs) if isinstance(runs, list) else None if ours else 1
 
 
 def beside(path: str, word: str) -> str:
@@ -497,7 +497,8 @@ class Session:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.progress_path)
             if json_written and aside:
-                print(f"kept the earlier result in {self.outputs.json} ({self.previous} run(s)); this session "
+                held = f"{self.previous} run(s)" if held_runs(self.outputs.json, ours=True) else "not a result of ours"
+                print(f"kept the earlier result in {self.outputs.json} ({held}); this session "
                       f"was cut short and its {len(runs)} finished run(s) are in {target}", file=sys.stderr, flush=True)
         if self.outputs.plot and not (aside and os.path.exists(self.outputs.plot)):   # else: the earlier one's
             from engine.plots import plot_runs

@@ -583,3 +583,24 @@ def test_the_learned_nothing_hint_names_only_options_the_recipe_takes():
     assert "--lr" in learned_nothing_hint(find_recipe("seed").make_config())
     record = learned_nothing_hint(find_recipe("airbench94-muon").make_config())
     assert "--lr" not in record and "--set" in record
+
+
+# ---- found by this issue's own probe ----
+
+def test_an_output_renamed_over_a_lock_file_is_not_removed_with_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "run", instant_runs())
+    out = tmp_path / ".m.pt.lock"                                 # the lock file of --save m.pt
+    assert cli.main([*SMALL, "--json", str(out), "--save", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    assert json.loads(out.read_text())["complete"] is True
+
+
+def test_an_earlier_file_that_is_not_a_result_is_kept_from_an_empty_one(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "notes.json"
+    out.write_text("{my own notes")
+
+    def ctrl_c(call, seed):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "run", instant_runs(before_run=ctrl_c))
+    assert cli.main([*SMALL, "--json", str(out)]) == 130
+    assert out.read_text() == "{my own notes"
+    assert f"kept the earlier result in {out} (not a result of ours)" in capsys.readouterr().err
