@@ -499,7 +499,10 @@ class Session:
             if json_written and aside:
                 held = f"{self.previous} run(s)" if held_runs(self.outputs.json, ours=True) else "not a result of ours"
                 print(f"kept the earlier result in {self.outputs.json} ({held}); this session "
-                      f"was cut short and its {len(runs)} finished run(s) are in {target}", file=sys.stderr, flush=True)
+                      f"was cut short and its {len(runs)} finished run(s) are in {target}"
+                      + (f"; the plot {self.outputs.plot} is left as it was too"
+                         if self.outputs.plot and os.path.exists(self.outputs.plot) else ""),
+                      file=sys.stderr, flush=True)
         if self.outputs.plot and not (aside and os.path.exists(self.outputs.plot)):   # else: the earlier one's
             from engine.plots import plot_runs
             title = f"{self.data_source} | {payload['device']} | {len(runs)} run(s)"

@@ -193,7 +193,7 @@ def test_under_torchrun_each_process_writes_its_own_progress_file(tmp_path, monk
 def test_a_process_that_cannot_gather_says_where_its_runs_are(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "run", instant_runs())
 
-    def peer_died(world, item):
+    def peer_died(world, item, *waits):
         raise RuntimeError("Connection closed by peer")
     monkeypatch.setattr(session, "gather", peer_died)
     out = tmp_path / "runs.json"
