@@ -109,6 +109,9 @@ def read_checkpoint(path) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a directory, not a checkpoint; pass a file in it "
                               f"(e.g. '{os.path.join(path, '*.pt')}', quoted).")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CheckpointError(f"{path} is not a regular file (a device, FIFO or socket), so not a checkpoint; "
+                              f"pass a file written by `python run.py --save`.")
     if not os.path.isfile(path):
         root, extension = os.path.splitext(path)
         several = sorted(glob.glob(f"{glob.escape(root)}-*seed*{glob.escape(extension or '.pt')}"))

@@ -51,11 +51,14 @@ def replaceable(path: str) -> str:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         mode = None
+    except OSError as error:           # a symbolic link loop, a folder that cannot be searched
+        raise NotAFileError(f"{path} cannot be reached ({error.strerror or error}); give another path") from None
     if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
                 else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
                 else "not a regular file")
-        raise NotAFileError(f"{path} is {kind}, not a regular file; it is never replaced. Give a file name")
+        raise NotAFileError(f"{path} is {kind}, not a regular file; it is never replaced (results go to "
+                            f"regular files only). Give a file name")
     if through_proc(path):              # /dev/stdout, /dev/fd/N: a stream, even when it is a redirected file
         raise NotAFileError(f"{path} is a process's open stream (like /dev/stdout), not a regular file; it is "
                             f"never replaced. Give a file name")
@@ -117,7 +120,7 @@ def check_output_path(option: str, path, writable_folders: set | None = None) ->
     try:
         replaceable(path)
     except NotAFileError as error:
-        raise OutputError(f"{option} {error}; results go to files only") from None
+        raise OutputError(f"{option} {error}") from None
     folder = _nearest_existing(os.path.dirname(path))
     if not os.path.isdir(folder):
         raise OutputError(f"{option} {path}: {folder} is a file, not a folder; choose another path")

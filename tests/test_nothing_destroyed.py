@@ -604,3 +604,21 @@ def test_an_earlier_file_that_is_not_a_result_is_kept_from_an_empty_one(tmp_path
     assert cli.main([*SMALL, "--json", str(out)]) == 130
     assert out.read_text() == "{my own notes"
     assert f"kept the earlier result in {out} (not a result of ours)" in capsys.readouterr().err
+
+
+def test_an_output_behind_a_link_loop_is_a_one_line_refusal(tmp_path, monkeypatch, capsys):
+    (tmp_path / "loop").symlink_to("loop")
+    monkeypatch.setattr(cli, "load_cifar10", lambda *a, **k: pytest.fail("loaded the data despite a bad output"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*SMALL, "--json", str(tmp_path / "loop" / "runs.json")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "cannot be reached (Too many levels of symbolic links)" in err
+
+
+@pytest.mark.parametrize("make", ["device", "fifo"])
+def test_a_checkpoint_that_is_a_device_or_fifo_is_refused_without_reading(tmp_path, capsys, make):
+    path = "/dev/null" if make == "device" else str(tmp_path / "ck.pt")
+    if make == "fifo":
+        os.mkfifo(path)                                   # reading it would wait for a writer for ever
+    code, err = evaluate_error(capsys, "--checkpoint", path)
+    assert code == 2 and f"{path} is not a regular file" in err and "no such checkpoint" not in err
