@@ -18,8 +18,9 @@ import torch
 
 from torch import nn
 
-from engine.checks import as_device, as_dtype, dtype_name, require_seeds, require_synthetic_fits, require_type
-from engine.config import RecipeConfig
+from engine.checks import (as_device, as_dtype, dtype_name, require_labels, require_seeds, require_synthetic_fits,
+                          require_type)
+from engine.config import NUM_CLASSES, RecipeConfig
 from engine.data import Cifar10, CifarLoader, load_cifar10
 from engine.evaluation import evaluate as evaluate_loader
 from engine.ops import make_ops
@@ -87,6 +88,9 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
         if data == "synthetic":
             require_synthetic_fits(synthetic_size, device, name="synthetic_size")
         data = load_cifar10(data, synthetic_size=synthetic_size, seed=seed)
+    for split in ("train", "test"):     # a Cifar10 built by hand: labels the network can output
+        require_labels(f"data.{split}_labels", getattr(data, f"{split}_labels"),
+                       len(getattr(data, f"{split}_images")), NUM_CLASSES)
     config = config.replace(train_images=len(data.train_labels))
     trainer = Trainer(config, ops, device, dtype, compile=compile)
     train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)

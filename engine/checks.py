@@ -50,14 +50,14 @@ def require_images(name: str, images):
         raise ValueError(f"{name} must hold uint8 images of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
 
 
-def require_labels(name: str, labels, count: int, classes: int = 10):
-    """A numpy array of `count` integer labels, each in 0 .. classes - 1 (the network's
-    outputs: engine.config.NUM_CLASSES)."""
+def require_labels(name: str, labels, count: int, classes: int | None = None):
+    """A numpy array of `count` integer labels, each in 0 .. classes - 1 when `classes` is
+    given (the network's outputs: engine.config.NUM_CLASSES)."""
     require_type(name, labels, np.ndarray, "a numpy array of integer labels (N,)")
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
         raise ValueError(f"{name} must hold one integer label per image ({count},), got {labels.dtype} "
                          f"{labels.shape}")
-    if count and (labels.min() < 0 or labels.max() >= classes):
+    if classes is not None and count and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"{name} range over {labels.min()} .. {labels.max()}; the network has {classes} outputs, "
                          f"so labels must lie in 0 .. {classes - 1}")
 

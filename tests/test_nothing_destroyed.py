@@ -513,7 +513,7 @@ def test_labels_beyond_the_networks_outputs_are_refused():
     data = make_synthetic(512, seed=0)
     data.train_labels = data.train_labels.copy()
     data.train_labels[0] = 12
-    with pytest.raises(ValueError, match=r"labels range over 0 \.\. 12; the network has 10 outputs"):
+    with pytest.raises(ValueError, match=r"data.train_labels range over 0 \.\. 12; the network has 10 outputs"):
         engine.fit(TINY, data, device="cpu")
 
 
