@@ -18,8 +18,9 @@ import torch
 
 from torch import nn
 
-from engine.checks import as_device, as_dtype, require_seeds, require_synthetic_fits, require_type
-from engine.training.config import RecipeConfig
+from engine.checks import (as_device, as_dtype, dtype_name, require_labels, require_seeds, require_synthetic_fits,
+                           require_type)
+from engine.training.config import NUM_CLASSES, RecipeConfig
 from engine.training.data import Cifar10, CifarLoader, load_cifar10
 from engine.training.evaluation import evaluate as evaluate_loader
 from engine.training.ops import make_ops
@@ -70,6 +71,9 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
     accuracy stayed at chance or the loss at its start); `to_dict()` gives the figures.
     Raises TrainingDiverged if the loss turns NaN or infinite; TypeError or ValueError,
     naming the argument, for an argument of the wrong kind.
+    The same seed gives the same result on the same device with the same number of CPU
+    threads, one `fit` at a time: it seeds torch's global generator, which the threads of a
+    process share (train concurrent runs in separate processes).
     """
     config = Config() if config is None else config
     require_type("config", config, RecipeConfig, "a recipe's Config (engine.Config, engine.make_config(...))")
@@ -84,6 +88,9 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
         if data == "synthetic":
             require_synthetic_fits(synthetic_size, device, name="synthetic_size")
         data = load_cifar10(data, synthetic_size=synthetic_size, seed=seed)
+    for split in ("train", "test"):     # a Cifar10 built by hand: labels the network can output
+        require_labels(f"data.{split}_labels", getattr(data, f"{split}_labels"),
+                       len(getattr(data, f"{split}_images")), NUM_CLASSES)
     config = config.replace(train_images=len(data.train_labels))
     trainer = Trainer(config, ops, device, dtype, compile=compile)
     train = CifarLoader(data.train_images, data.train_labels, config, True, device, dtype)
@@ -122,4 +129,9 @@ def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_si
         parameter = next(model.parameters())
         config = config.replace(test_batch_size=batch_size or config.test_batch_size)
         data = CifarLoader(data.test_images, data.test_labels, config, False, parameter.device, parameter.dtype)
+    parameter = next(model.parameters())
+    if (data.images.dtype, data.images.device) != (parameter.dtype, parameter.device):
+        raise ValueError(f"data holds {dtype_name(data.images.dtype)} images on {data.images.device} but the "
+                         f"network is {dtype_name(parameter.dtype)} on {parameter.device}; build the CifarLoader "
+                         f"with the network's device and dtype, or pass the Cifar10 itself")
     return evaluate_loader(model, data, views)

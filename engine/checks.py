@@ -12,6 +12,7 @@ import dataclasses
 import math
 import numbers
 import os
+import resource
 
 import numpy as np
 import torch
@@ -51,12 +52,16 @@ def require_images(name: str, images):
         raise ValueError(f"{name} must hold uint8 images of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
 
 
-def require_labels(name: str, labels, count: int):
-    """A numpy array of `count` integer labels."""
+def require_labels(name: str, labels, count: int, classes: int | None = None):
+    """A numpy array of `count` integer labels, each in 0 .. classes - 1 when `classes` is
+    given (the network's outputs: engine.training.config.NUM_CLASSES)."""
     require_type(name, labels, np.ndarray, "a numpy array of integer labels (N,)")
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
         raise ValueError(f"{name} must hold one integer label per image ({count},), got {labels.dtype} "
                          f"{labels.shape}")
+    if classes is not None and count and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{name} range over {labels.min()} .. {labels.max()}; the network has {classes} outputs, "
+                         f"so labels must lie in 0 .. {classes - 1}")
 
 
 def require_finite(name: str, value: float):
@@ -137,6 +142,8 @@ def as_dtype(value, name: str = "dtype") -> torch.dtype:
 
 def require_seeds(first: int, runs: int = 1, name: str = "seed"):
     """Seeds first .. first + runs - 1 all lie in what the random generators accept."""
+    if isinstance(first, bool):
+        raise TypeError(f"{name} must be an integer, got bool {first!r}")
     require_type(name, first, numbers.Integral, "an integer")
     low, high = SEED_RANGE
     last = first + runs - 1
@@ -145,9 +152,24 @@ def require_seeds(first: int, runs: int = 1, name: str = "seed"):
         raise ValueError(f"{name} {span} is outside {low} .. 2**64 - 1, the seeds the random generators accept")
 
 
+def address_space_left() -> int | None:
+    """Bytes of address space left under an address-space limit (`ulimit -v`, RLIMIT_AS):
+    the soft limit less this process's VmSize; None without a limit."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as file:
+            used = next(int(line.split()[1]) * 1024 for line in file if line.startswith("VmSize:"))
+    except (OSError, ValueError, StopIteration):
+        used = 0
+    return max(limit - used, 0)
+
+
 def available_memory() -> int | None:
     """Bytes of host memory this process may still take: the kernel's MemAvailable, lowered
-    to what a cgroup (container, batch job) leaves; None when unknown."""
+    to what a cgroup (container, batch job) leaves and to what an address-space limit
+    (`ulimit -v`) leaves; None when unknown."""
     available = None
     try:
         with open("/proc/meminfo") as file:
@@ -164,7 +186,34 @@ def available_memory() -> int | None:
                 available = left if available is None else min(available, left)
     except (OSError, ValueError):
         pass
-    return available
+    left = address_space_left()
+    return left if available is None else available if left is None else min(available, left)
+
+
+NETWORK_COPIES = 5          # the network, its EMA copy, gradients, momenta, and room for the rest
+
+
+def require_network_fits(config, device: torch.device, dtype: torch.dtype, host_bytes: int | None = None,
+                         device_bytes: int | None = None):
+    """ValueError, naming --base-width, when NETWORK_COPIES copies of `config`'s network
+    (its parameters and buffers counted on the meta device, nothing allocated) cannot fit in
+    host memory (CPU) or in the device's free memory (CUDA). host_bytes/device_bytes: what
+    is available (default: asked)."""
+    from engine.training.ops import make_ops
+
+    network = config.build_network(make_ops("eager"), torch.device("meta"), dtype)
+    elements = sum(t.numel() for t in network.parameters()) + sum(t.numel() for t in network.buffers())
+    needed = NETWORK_COPIES * elements * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        where, available = f"{device} memory", (device_bytes if device_bytes is not None
+                                                 else torch.cuda.mem_get_info(device)[0])
+    else:
+        where, available = "memory", host_bytes if host_bytes is not None else available_memory()
+    if available is not None and needed > available:
+        width = getattr(config, "base_width", None)
+        raise ValueError(f"the network{f' of base width {width}' if width else ''} has {elements / 1e6:,.0f} M "
+                         f"weights and needs about {needed / 1e9:.1f} GB of {where} to train, but only "
+                         f"{available / 1e9:.1f} GB is free; lower --base-width")
 
 
 def require_synthetic_fits(train_images: int, device: torch.device, host_bytes: int | None = None,

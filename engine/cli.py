@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import sys
 import time
 
@@ -10,19 +11,19 @@ import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.results.checkpoint import CheckpointError, load_checkpoint
-from engine.checks import DTYPES, dtype_name, require_seeds, require_synthetic_fits
+from engine.checks import DTYPES, dtype_name, require_network_fits, require_seeds, require_synthetic_fits
 from engine.training.data import DataError, convert, load_cifar10
-from engine.results.distributed import World, barrier, finish, start, world_from_env
+from engine.results.distributed import PeersMissing, World, barrier, finish, start, world_from_env
 from engine.errors import explain
 from engine.training.ops import make_ops
 from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, build_evaluate_parser, build_parser,
                             program_name)
-from engine.outputs import OutputError
+from engine.outputs import OutputError, OutputLocks
 from engine.results.plots import require_matplotlib
 from engine.results.progress import Progress
 from engine.recipe_files import find_recipe
 from engine.results.report import device_name, environment
-from engine.results.session import Outputs, Session, write_json_or_rescue
+from engine.results.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
 from engine.results.sweep import Setups, SweepSession, parse_settings, sweep_points
 
 def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
@@ -79,17 +80,20 @@ def main(argv=None, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or program_name(sys.argv[0])
     try:      # a Session summarises its own interruptions: this one came before any run finished
-        if argv[:1] == ["evaluate"]:
-            return evaluate_main(argv[1:], prog)
-        if argv[:1] == ["convert"]:
-            return convert_main(argv[1:], prog)
-        if argv[:1] == ["compare"]:
-            from engine.results.compare import compare_main
-            return compare_main(argv[1:], prog)
-        return train_main(argv, prog)
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted before any result was ready", file=sys.stderr)
-        return 130
+        with signals_stop():
+            if argv[:1] == ["evaluate"]:
+                return evaluate_main(argv[1:], prog)
+            if argv[:1] == ["convert"]:
+                return convert_main(argv[1:], prog)
+            if argv[:1] == ["compare"]:
+                from engine.results.compare import compare_main
+                return compare_main(argv[1:], prog)
+            return train_main(argv, prog)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"\n{prog}: interrupted before any result was ready ({signal.Signals(signum).name}); "
+              f"nothing was written", file=sys.stderr)
+        return EXIT_STATUS.get(signum, 130)
 
 
 def train_main(argv: list, prog: str = "run.py") -> int:
@@ -113,10 +117,10 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         except ImportError as error:
             parser.error(str(error))
     device = resolve_device(parser, args.device, world)
+    outputs, seeds = Outputs(args.json, args.save, args.plot), range(args.seed, args.seed + args.runs)
+    sweep = len(points) if len(points) > 1 else 0
     try:     # every output, before any work
-        Outputs(args.json, args.save, args.plot).check(range(args.seed, args.seed + args.runs), world,
-                                                       inputs=data_input(args.data),
-                                                       points=len(points) if len(points) > 1 else 0)
+        outputs.check(seeds, world, inputs=data_input(args.data), points=sweep)
         if args.data == "synthetic":
             require_synthetic_fits(args.synthetic_size or SYNTHETIC_SIZE, device)
     except ValueError as error:
@@ -125,11 +129,21 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         make_deterministic()
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
     kernels = args.kernels or default_kernels(device)
-    start(world, device)
-    try:
-        return train_runs(parser, args, points, world, device, dtype, kernels)
-    finally:
-        finish(world)
+    with OutputLocks() as locks:      # a second process on the same files is refused
+        try:
+            for option, path in outputs.locked_by(seeds, world, sweep):
+                locks.acquire(option, path)
+        except OutputError as error:
+            parser.error(str(error))
+        try:
+            peers = start(world, device, args.join_timeout, args.gather_timeout)
+        except PeersMissing as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 1
+        try:
+            return train_runs(parser, args, points, world, device, dtype, kernels, peers)
+        finally:
+            finish(world)
 
 
 def recipe_config(args, recipe, train_images: int, settings: dict | None = None):
@@ -149,7 +163,7 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
     return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
                               **(settings or {}))
 
-def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str) -> int:
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None) -> int:
     """Load the data, build the trainer and loaders, and hand them to a Session (a
     SweepSession for several points)."""
     if args.download and not world.main:
@@ -166,6 +180,8 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
         configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
+        for config in configs:
+            require_network_fits(config, device, dtype)
     except ValueError as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
@@ -209,7 +225,7 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
-                  quiet=args.quiet)
+                  quiet=args.quiet, peers=peers)
     if len(points) > 1:
         session = SweepSession(points, configs, setups, runs=args.runs, **common)
     else:
@@ -250,12 +266,19 @@ def evaluate_main(argv, prog: str = "run.py") -> int:
     except ValueError as error:
         parser.error(str(error))
     device = resolve_device(parser, args.device)
-    if args.json:            # before any work, and never over a checkpoint or the data
-        try:
-            Outputs(json=args.json).check(range(1), inputs=[*(("--checkpoint", path) for path in paths),
-                                                            *data_input(args.data)])
-        except OutputError as error:
-            parser.error(str(error))
+    with OutputLocks() as locks:
+        if args.json:            # before any work, and never over a checkpoint or the data
+            try:
+                Outputs(json=args.json).check(range(1), inputs=[*(("--checkpoint", path) for path in paths),
+                                                                *data_input(args.data)])
+                locks.acquire("--json", args.json)
+            except OutputError as error:
+                parser.error(str(error))
+        return evaluate_all(parser, args, paths, device)
+
+
+def evaluate_all(parser, args, paths: list, device) -> int:
+    """Evaluate each checkpoint; write the JSON of those that could be (--json)."""
     status, payloads, datasets = 0, [], {}
     for path in paths:
         code, payload = evaluate_checkpoint(parser, args, path, device, datasets)
@@ -301,7 +324,11 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
             datasets[data_key] = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
         data = datasets[data_key]
     except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        relative = "" if os.path.isabs(data_name) or data_name == "synthetic" else \
+            f", a path relative to the folder {path} was trained in"
+        recorded_here = "" if args.data else (f" (--data {data_name} is what {path} records it was trained "
+                                              f"on{relative}; pass --data to use other data)")
+        print(f"{parser.prog}: error: {error}{recorded_here}", file=sys.stderr)
         return 2, None
     config = saved["config"]
     accuracy = evaluate(model, data)
@@ -330,11 +357,14 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
 def convert_main(argv, prog: str = "run.py") -> int:
     parser = build_convert_parser(prog)
     args = parser.parse_args(argv)
-    try:
-        data = convert(args.source, args.out, args.download)
-    except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    with OutputLocks() as locks:
+        try:
+            if os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+                locks.acquire("OUT", args.out)
+            data = convert(args.source, args.out, args.download)
+        except (DataError, OutputError) as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 2
     print(f"wrote {args.out}: {len(data.train_labels)} train and {len(data.test_labels)} test images "
           f"from {data.source}")
     return 0

@@ -17,6 +17,8 @@ import os
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 KERNEL_CHOICES = ("eager", "triton")
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
+JOIN_SECONDS = 300            # how long torchrun's processes wait for each other to join (--join-timeout)
+GATHER_SECONDS = 24 * 3600    # how long a finished process waits for the others' runs (--gather-timeout)
 ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -139,6 +141,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -200,6 +209,11 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="print only the summary (no per-run tables or bar)")
     g.add_argument("--final-eval-only", action="store_true",
                    help="evaluate only after the last epoch (the per-epoch val columns stay empty; faster on CPU)")
+    g.add_argument("--join-timeout", type=positive_float, default=JOIN_SECONDS, metavar="SECONDS",
+                   help=f"under torchrun: how long each process waits for the others to start (default {JOIN_SECONDS})")
+    g.add_argument("--gather-timeout", type=positive_float, default=GATHER_SECONDS, metavar="SECONDS",
+                   help="under torchrun: how long a process that finished its runs waits for the others' "
+                        f"(default {GATHER_SECONDS}, a day; above the longest run)")
     g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
     g.add_argument("--recipe", default=default_recipe(), metavar="{" + ",".join(built_in_recipes()) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "

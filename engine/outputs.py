@@ -2,17 +2,26 @@
 permissions, and rescued elsewhere when they cannot be written where asked.
 
 `check_output_paths` runs before the data is loaded: every output's folder can be
-created and written, no output is an existing directory, and no two outputs (nor an
-output and an input) share a path. `atomic_write` writes a temporary file in the
+created and written, no output is an existing directory, a device, a FIFO or a socket,
+nor a path ending in a separator, and no two outputs (nor an output and an input) share
+a path. `atomic_write` writes a temporary file in the
 target's folder, gives it the mode a plain `open` would (0666 less the umask; a
 temporary file starts at 0600) and renames it over the target, so a reader never
-sees half a file. `write_or_rescue` tries the asked path, then the same file name
-(prefixed `cifar-speedrun-rescued-<time>-<pid>-`) in the current directory, then in
-the temporary directory ($TMPDIR, else /tmp), and says where it went.
+sees half a file. It renames only over a regular file or a path that does not exist: a
+symbolic link is followed (the file it names is replaced, the link kept), anything else
+(a device such as /dev/null, a FIFO, a socket, /dev/stdout and the other streams under
+/proc) is refused with NotAFileError. `write_or_rescue` tries the asked path, then the same file name
+(prefixed `cifar-speedrun-rescued-<time>-<pid>-`, and numbered when that name is
+taken, so two rescues never share a file) in the current directory, then in the
+temporary directory ($TMPDIR, else /tmp), and says where it went. `OutputLocks` holds
+a lock beside each output while a run writes it, so that a second process asked for
+the same file is refused instead of silently replacing the first one's results.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
 import tempfile
 import time
 from typing import Callable
@@ -31,18 +40,59 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
+class NotAFileError(OSError):
+    """An output path that exists but is not a regular file (a device, FIFO, socket)."""
+
+
+def replaceable(path: str) -> str:
+    """The path a rename may replace for `path`: itself, or the file its symbolic link names.
+    NotAFileError when that exists and is not a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as error:           # a symbolic link loop, a folder that cannot be searched
+        raise NotAFileError(f"{path} cannot be reached ({error.strerror or error}); give another path") from None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise NotAFileError(f"{path} is {kind}, not a regular file; it is never replaced (results go to "
+                            f"regular files only). Give a file name")
+    if through_proc(path):              # /dev/stdout, /dev/fd/N: a stream, even when it is a redirected file
+        raise NotAFileError(f"{path} is a process's open stream (like /dev/stdout), not a regular file; it is "
+                            f"never replaced. Give a file name")
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def through_proc(path: str) -> bool:
+    """Whether `path` or a link on the way to its file lies under /proc (a process's streams)."""
+    for _ in range(40):                 # the kernel's own limit on links in a row
+        if os.path.abspath(path).startswith("/proc/"):
+            return True
+        if not os.path.islink(path):
+            return False
+        path = os.path.join(os.path.dirname(os.path.abspath(path)), os.readlink(path))
+    return False
+
+
 def atomic_write(path, write: Callable, binary: bool = True) -> str:
     """Call `write(file)` on a temporary file beside `path`, then rename it to `path`
-    (creating the folder). Nothing is left behind if `write` fails. Returns `path` as a str."""
+    (creating the folder). Nothing is left behind if `write` fails. Only a regular file (or
+    the one a link names) is replaced: NotAFileError for a device, FIFO or socket. Returns
+    `path` as a str."""
     path = require_path("path", path)
-    directory = os.path.dirname(os.path.abspath(path))
+    if path.endswith(("/", os.sep)):
+        raise IsADirectoryError(f"{path} ends in {os.sep}: it names a folder, not a file")
+    target = replaceable(path)
+    directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(handle, "wb" if binary else "w") as file:
             write(file)
         os.chmod(temporary, file_mode())
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException:
         if os.path.lexists(temporary):
             os.unlink(temporary)
@@ -60,9 +110,17 @@ def check_output_path(option: str, path, writable_folders: set | None = None) ->
     """The absolute path, after checking that a file can be written there; OutputError naming
     `option` otherwise. Creates nothing but a probe file, removed at once (none in a folder
     already in `writable_folders`, to which a probed folder is added)."""
-    path = os.path.abspath(require_path(option, path))
+    given = require_path(option, path)
+    if given.endswith(("/", os.sep)) or os.path.basename(given) in (".", ".."):
+        raise OutputError(f"{option} {given}: names a folder, not a file; give a file name inside it "
+                          f"(e.g. {os.path.join(given, 'results')})")
+    path = os.path.abspath(given)
     if os.path.isdir(path):
         raise OutputError(f"{option} {path}: is an existing directory; give a file name")
+    try:
+        replaceable(path)
+    except NotAFileError as error:
+        raise OutputError(f"{option} {error}") from None
     folder = _nearest_existing(os.path.dirname(path))
     if not os.path.isdir(folder):
         raise OutputError(f"{option} {path}: {folder} is a file, not a folder; choose another path")
@@ -109,12 +167,82 @@ def write_or_rescue(write: Callable[[str], object], path: str, what: str) -> tup
         return path, f"wrote {path}"
     except Exception as error:
         failure = f"could not write {what} to {path} ({type(error).__name__}: {error})"
-    name = f"cifar-speedrun-rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.path.basename(path)}"
+    name = (f"cifar-speedrun-rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
+            f"{os.path.basename(os.path.normpath(path)) or 'output'}")
     for folder in rescue_folders():
-        rescued = os.path.join(folder, name)
+        rescued = free_name(os.path.join(folder, name))
         try:
             write(rescued)
             return rescued, f"{failure}; wrote it to {rescued} instead"
         except Exception:
             continue
     return None, f"{failure}; nor could it be written to {' or '.join(rescue_folders())}"
+
+
+def free_name(path: str) -> str:
+    """`path`, or `path` with -2, -3, ... before its extension: the first that does not exist."""
+    root, extension = os.path.splitext(path)
+    number = 1
+    while os.path.lexists(path):
+        number += 1
+        path = f"{root}-{number}{extension}"
+    return path
+
+
+def lock_path(path: str) -> str:
+    """The lock file beside output `path`: .NAME.lock in the same folder."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.lock")
+
+
+class OutputLocks:
+    """Exclusive locks (flock) on lock files beside outputs, held while a run writes them.
+
+    `acquire(option, path)` raises OutputError naming the option and the process that
+    holds the lock when another process writes the same file; a lock dies with its
+    process (kill -9 included), so none is ever stale. `release()` removes the lock files.
+    Use as a context manager: `with OutputLocks() as locks: locks.acquire(...)`."""
+
+    def __init__(self):
+        self.held = {}                    # lock file -> its open descriptor
+
+    def acquire(self, option: str, path):
+        lock = lock_path(require_path(option, path))
+        if lock in self.held:
+            return
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        while True:
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(handle, 64).decode(errors="replace").strip() or "another process"
+                os.close(handle)
+                raise OutputError(f"{option} {path}: another run ({holder}) is writing this file now; "
+                                  f"wait for it to end or give another path") from None
+            try:                          # the lock file may have been removed by its last holder
+                same = os.stat(lock).st_ino == os.fstat(handle).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(handle)
+        os.ftruncate(handle, 0)
+        os.write(handle, f"process {os.getpid()}\n".encode())
+        self.held[lock] = handle
+
+    def release(self):
+        for lock, handle in self.held.items():
+            try:                          # only our own lock file: an output may have been renamed over it
+                if os.stat(lock).st_ino == os.fstat(handle).st_ino:
+                    os.unlink(lock)
+            except OSError:
+                pass
+            os.close(handle)
+        self.held = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

@@ -62,3 +62,20 @@ def test_one_process_is_plain_run_py(tmp_path):
                           synthetic_size=512, seed=5, device="cpu")
     assert run["seed"] == 5 and run["ema_accuracy"] == expected.ema_accuracy
     assert [row["train_loss"] for row in run["epochs"]] == [row["train_loss"] for row in expected.epochs]
+
+
+def test_a_torchrun_process_on_the_cpu_matches_one_process_with_its_thread_count(tmp_path):
+    """torchrun sets OMP_NUM_THREADS=1 in each of its processes: plain run.py with the same
+    setting trains the same seed to the same figures (README, Reproducibility)."""
+    out = tmp_path / "runs.json"
+    result = torchrun(2, *SMALL, "--runs", "2", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    spread = json.loads(out.read_text())["runs"][0]                 # rank 0's run, seed 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    single = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--json",
+                             str(tmp_path / "one.json")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**env, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    alone = json.loads((tmp_path / "one.json").read_text())["runs"][0]
+    assert spread["seed"] == alone["seed"] == 0 and spread["ema_accuracy"] == alone["ema_accuracy"]
+    assert [row["train_loss"] for row in spread["epochs"]] == [row["train_loss"] for row in alone["epochs"]]

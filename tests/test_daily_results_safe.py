@@ -137,7 +137,7 @@ def test_a_json_that_cannot_be_written_anywhere_goes_to_stdout(tmp_path, monkeyp
     real_write_json = session.write_json
 
     def full_disk(path, payload):
-        if payload.get("complete"):
+        if payload.get("final"):
             raise OSError(28, "No space left on device")
         return real_write_json(path, payload)
     monkeypatch.setattr(session, "write_json", full_disk)
@@ -194,7 +194,7 @@ def test_under_torchrun_each_process_writes_its_own_progress_file(tmp_path, monk
 def test_a_process_that_cannot_gather_says_where_its_runs_are(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "run", instant_runs())
 
-    def peer_died(world, item):
+    def peer_died(world, item, *waits):
         raise RuntimeError("Connection closed by peer")
     monkeypatch.setattr(session, "gather", peer_died)
     out = tmp_path / "runs.json"
@@ -214,7 +214,7 @@ def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path,
     real_write_json = session.write_json
 
     def second_ctrl_c(path, payload):
-        if payload["complete"]:
+        if payload["final"]:
             os.kill(os.getpid(), signal.SIGINT)                  # arrives in the middle of the write
         return real_write_json(path, payload)
     monkeypatch.setattr(session, "write_json", second_ctrl_c)
@@ -225,7 +225,8 @@ def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path,
     except KeyboardInterrupt:
         pytest.fail("the second Ctrl-C escaped the final write")
     report = json.loads(out.read_text())
-    assert report["complete"] is True and report["interrupted"] is True
+    assert report["final"] is True and report["interrupted"] is True
+    assert report["complete"] is False                                       # 1 of 3 runs
     assert [r["seed"] for r in report["runs"]] == [0]
     assert "SIGINT: writing the results first" in capfd.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler_before                # the handler put back
@@ -248,7 +249,8 @@ def test_sigterm_is_summarised_like_ctrl_c(tmp_path):
     assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
     report = json.loads(out.read_text())
     finished = stdout.count("final:") + 1                         # the line read above
-    assert report["complete"] and report["interrupted"] and 1 <= len(report["runs"]) == finished
+    assert report["final"] and report["interrupted"] and 1 <= len(report["runs"]) == finished
+    assert report["complete"] is False                            # far fewer than the 1000 asked
     assert f"summary over {finished} run(s)" in stdout
 
 

@@ -42,12 +42,13 @@ def run_cli(args):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_inside_the_progress_write_keeps_the_run_and_stops_the_next(tmp_path, monkeypatch, capfd, signum):
     monkeypatch.setattr(Trainer, "run", instant_runs())
-    sent = signal_inside(monkeypatch, "write_json", signum, when=lambda path, payload: not payload["complete"])
+    sent = signal_inside(monkeypatch, "write_json", signum, when=lambda path, payload: not payload["final"])
     out = tmp_path / "runs.json"
     assert run_cli(["--runs", "3", "--json", str(out)]) == session.EXIT_STATUS[signum]
     assert sent == [signum]
     report = json.loads(out.read_text())
-    assert report["complete"] and report["interrupted"] and [r["seed"] for r in report["runs"]] == [0]
+    assert report["final"] and report["interrupted"] and [r["seed"] for r in report["runs"]] == [0]
+    assert report["complete"] is False
     assert f"{signal.Signals(signum).name}: writing the results first" in capfd.readouterr().err
 
 
@@ -72,7 +73,7 @@ def test_a_signal_inside_the_final_report_waits_for_the_json(tmp_path, monkeypat
     """All runs done: a signal while the summary is printed or the final JSON written
     neither escapes nor costs the JSON any run."""
     monkeypatch.setattr(Trainer, "run", instant_runs())
-    when = (lambda *args: True) if write == "format_summary" else (lambda path, payload: payload["complete"])
+    when = (lambda *args: True) if write == "format_summary" else (lambda path, payload: payload["final"])
     sent = signal_inside(monkeypatch, write, signal.SIGINT, when=when)
     out = tmp_path / "runs.json"
     run_cli(["--runs", "2", "--json", str(out)])

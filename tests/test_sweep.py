@@ -128,7 +128,7 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, caps
     out = tmp_path / "sweep.json"
     assert main([*TINY, "--set", "lr=0.004,0.002", "--runs", "2", "--json", str(out)]) == 130
     report = read_json(out)
-    assert report["complete"] and report["interrupted"]
+    assert report["final"] and report["interrupted"] and report["complete"] is False
     assert [run["point"] for run in report["runs"]] == [0, 0]
     assert [point["summary"]["runs"] for point in report["points"]] == [2, 0]
     assert "point 2  lr=0.002  0 run(s)" in capsys.readouterr().out

@@ -10,8 +10,10 @@ Checkpoints written before recipes existed hold the seed recipe.
 """
 from __future__ import annotations
 
+import glob
 import numbers
 import os
+import zipfile
 
 import torch
 
@@ -61,23 +63,68 @@ def _missing_fields(payload: dict) -> list[str]:
     """The fields load_checkpoint needs that are absent or of the wrong kind."""
     state = payload.get("state_dict")
     accuracy = payload.get("accuracy")
+    data = payload.get("data", {})
+    integer = lambda value: value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
     problems = {
         "state_dict": not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()),
         "config": not isinstance(payload.get("config"), dict),
         "recipe": not isinstance(payload.get("recipe", "seed"), str),   # files from before recipes: seed
         "dtype": payload.get("dtype") not in DTYPES,
         "accuracy": accuracy is not None and not isinstance(accuracy, numbers.Real),
-        "data": not isinstance(payload.get("data", {}), dict),
+        "data": not isinstance(data, dict) or not isinstance(data.get("data", ""), (str, type(None)))
+                or not integer(data.get("synthetic_size")) or not integer(data.get("seed")),
+        "seed": not integer(payload.get("seed")),
     }
     return [name for name, bad in problems.items() if bad]
+
+
+def state_mismatch(expected: dict, saved: dict) -> str | None:
+    """What differs between the network's state dict and the saved one: the missing and
+    unexpected names and the shapes that differ (a few of each), or None."""
+    def few(names):
+        names = sorted(names)
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
+    shapes = [f"{name} is {tuple(saved[name].shape)}, the network's {tuple(expected[name].shape)}"
+              for name in sorted(expected.keys() & saved.keys()) if saved[name].shape != expected[name].shape]
+    problems = ([f"missing {few(missing)}"] if missing else []) + \
+               ([f"unexpected {few(unexpected)}"] if unexpected else []) + shapes[:3]
+    return "; ".join(problems) or None
+
+
+def inflated_size(path: str) -> int:
+    """The bytes the entries of the zip archive `path` hold once inflated (0 for a file
+    that is not a zip archive: torch.load then refuses it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
 
 
 def read_checkpoint(path) -> dict:
     """The checkpoint's contents (tensors on the CPU); CheckpointError if unreadable,
     foreign, or lacking a field that load_checkpoint needs."""
     path = require_path("path", path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint; pass a file in it "
+                              f"(e.g. '{os.path.join(path, '*.pt')}', quoted).")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CheckpointError(f"{path} is not a regular file (a device, FIFO or socket), so not a checkpoint; "
+                              f"pass a file written by `python run.py --save`.")
     if not os.path.isfile(path):
+        root, extension = os.path.splitext(path)
+        several = sorted(glob.glob(f"{glob.escape(root)}-*seed*{glob.escape(extension or '.pt')}"))
+        if several:
+            raise CheckpointError(f"no such checkpoint: {path}. With several runs --save {path} wrote one file "
+                                  f"per run: {', '.join(several[:4])}{' ...' if len(several) > 4 else ''}; pass "
+                                  f"one of them, or all with '{root}-*seed*{extension or '.pt'}' (quoted).")
         raise CheckpointError(f"no such checkpoint: {path}. Write one with `python run.py --save {path} ...`.")
+    inflated = inflated_size(path)
+    if inflated > 2 * os.path.getsize(path) + 2**20:
+        raise CheckpointError(f"{path} would inflate to {inflated / 1e9:.1f} GB from {os.path.getsize(path) / 1e6:.1f} "
+                              f"MB on reading: `run.py --save` never compresses, so it was not written by "
+                              f"`run.py --save`; it is not read.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:      # truncated, not a torch file, or foreign objects inside
@@ -117,10 +164,11 @@ def load_checkpoint(path, device=None, dtype: torch.dtype | None = None,
         raise CheckpointError(f"{path}: its config does not fit this version of the engine ({error}).") from None
     dtype = dtype or DTYPES[payload["dtype"]]
     model = config.build_network(make_ops("eager"), device, dtype)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: the saved weights do not fit the network its config "
-                              f"describes ({str(error).splitlines()[0]}).") from None
+    mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
+    if mismatch:
+        raise CheckpointError(f"{path}: the saved weights do not fit the network its config describes "
+                              f"({mismatch}); it was edited or damaged. Re-create it with "
+                              f"`python run.py --save {path} ...`.")
+    model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, {**payload, "config": config, "recipe_warning": warning}

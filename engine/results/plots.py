@@ -19,12 +19,16 @@ INSTALL_HINT = 'install matplotlib (python3 -m pip install -e ".[plot]" or pip i
 
 
 def require_matplotlib():
-    """Raise ImportError with the install command when matplotlib is missing."""
+    """Raise ImportError with the install command when matplotlib is missing, or saying
+    what to change when it cannot start (MPLBACKEND naming no backend it knows)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ImportError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}, "
                           f"or leave out --plot") from None
+    except ValueError as error:           # raised while importing, from the environment's settings
+        raise ImportError(f"--plot: matplotlib cannot start with MPLBACKEND={os.environ.get('MPLBACKEND')!r} "
+                          f"({str(error).split(';')[0]}); unset MPLBACKEND or set it to agg") from None
 
 
 def plot_formats() -> list[str]:

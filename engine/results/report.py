@@ -71,8 +71,10 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def format_summary(summary: dict, data_source: str, device_name: str, reported: str = "EMA accuracy") -> str:
-    """The summary's lines; `reported` names the result (a recipe's `reported_as`)."""
+def format_summary(summary: dict, data_source: str, device_name: str, reported: str = "EMA accuracy",
+                   hint: str = "check --lr and the data") -> str:
+    """The summary's lines; `reported` names the result (a recipe's `reported_as`), `hint`
+    says what to check when runs learned nothing."""
     if not summary["runs"]:
         return f"no run finished ({summary['failed_runs']} failed)"
     pct = lambda value: f"{100 * value:.2f}%"
@@ -84,7 +86,7 @@ def format_summary(summary: dict, data_source: str, device_name: str, reported: 
         _interval_line(summary),
         f"  runs >= 94%    {pct(summary['share_at_or_above_94'])}",
         *([f"  LEARNED NOTHING in {summary['learned_nothing_runs']} run(s): accuracy at chance or loss stuck "
-           f"at its start (\"learned_nothing\" in the JSON); check --lr and the data"]
+           f"at its start (\"learned_nothing\" in the JSON); {hint}"]
           if summary.get("learned_nothing_runs") else []),
         f"  seconds/run    {summary['mean_train_seconds']:.3f} (training loops only, hlb convention)"
         f"  {summary['mean_total_seconds']:.3f} (whitening + training + final TTA eval, airbench convention)",

@@ -8,13 +8,21 @@ rank 0 prints the summary and writes the JSON and the plot:
 * a run whose loss turns NaN is recorded as failed and the next run starts; any other
   error stops the runs and the finished ones are kept (an unknown error is raised again,
   as the bug report, once they are written);
-* Ctrl-C and SIGTERM stop the runs the same way (exit status 130 or 143). While results
+* Ctrl-C, SIGTERM and SIGHUP (a closed terminal or ssh session) stop the runs the same
+  way (exit status 130, 143 or 129). While results
   are being written (after each run, and from the summary on) further signals wait: they
   are noted and the write completes;
 * right after each run, its checkpoint (--save) and this process's progress file are
   written: with one process the --json file itself, marked "complete": false until the
   end; under torchrun PATH.rankR.json beside it (R: the rank), deleted once rank 0 has
-  written --json;
+  written --json. "final" is true in the summary's write at the end, "complete" only
+  when every asked run trained as well (none cut short by a signal or an error);
+* a file already at --json (an earlier result) is never replaced by less: while this
+  session's runs train, its progress goes to PATH.unfinished.json (numbered when taken)
+  beside it; at the end the new result replaces the earlier one when it is complete or
+  holds at least as many runs, else the earlier result stays and the new one is left in
+  the unfinished file (the output names both). A complete result with fewer runs than the
+  earlier one replaces it, the earlier one kept as PATH.previous.json;
 * a file that cannot be written where asked is rescued into the current directory or
   the temporary directory (engine.outputs.write_or_rescue); a JSON that cannot be
   written anywhere is printed on standard output;
@@ -36,24 +44,43 @@ from dataclasses import dataclass
 
 from engine.results.checkpoint import save_checkpoint
 from engine.training.config import NUM_CLASSES
-from engine.results.distributed import World, gather
+from engine.results.distributed import Peers, World, gather
 from engine.errors import explain
-from engine.outputs import OutputError, check_output_paths, write_or_rescue
+from engine.outputs import OutputError, atomic_write, check_output_paths, free_name, write_or_rescue
 from engine.results.progress import Progress
 from engine.results.report import device_name, format_summary, summarize, write_json
 from engine.training.train import TrainingDiverged
 
-EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}     # 128 + the signal's number, as shells report
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal's number
 CHANCE_SIGMAS = 3           # accuracy within 3 binomial standard deviations of chance: "at chance"
 STUCK_LOSS_RATIO = 0.99     # final training loss >= 99% of ln(classes): "still a uniform guess"
 
 
 class Stopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: stop the runs, keep and write the finished ones."""
+    """Ctrl-C, SIGTERM or SIGHUP: stop the runs, keep and write the finished ones."""
 
     def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_stop():
+    """SIGTERM and SIGHUP raise Stopped, as Ctrl-C raises KeyboardInterrupt, for the block
+    (main thread only): what a write was doing is cleaned up (no temporary file is left)
+    and the caller reports the stop. A Session installs its own handlers inside."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def chance_accuracy_limit(test_images: int, num_classes: int = NUM_CLASSES) -> float:
@@ -84,11 +111,25 @@ def flag_learned_nothing(result, test_images: int) -> str | None:
     return reason
 
 
+def reported_as(config) -> str:
+    """What reports call a run's result: the recipe's `reported_as`, or plain "accuracy" when
+    the recipe reports an EMA network but this config trains none (e.g. --epochs 1)."""
+    if config.has_ema or getattr(type(config), "has_ema", None) is False:   # EMA, or a recipe that never has one
+        return config.reported_as
+    return "accuracy"
+
+
+def learned_nothing_hint(config) -> str:
+    """What the summary tells to check when runs learned nothing: --lr where the recipe has it."""
+    return "check --lr and the data" if "lr" in type(config).field_names() else \
+        "check the learning rates (--set NAME=VALUE) and the data"
+
+
 def final_line(result, config, reason: str | None) -> str:
     """A finished run's closing line: what its recipe reports, the network's accuracy when
     that is an EMA copy's, the seconds, and why it learned nothing (reason) if it did not."""
     network = f", accuracy {100 * result.accuracy:.2f}%" if config.has_ema else ""
-    return (f"final: {config.reported_as} {100 * result.ema_accuracy:.2f}%{network}, "
+    return (f"final: {reported_as(config)} {100 * result.ema_accuracy:.2f}%{network}, "
             f"{result.train_seconds:.3f} s training, {result.total_seconds:.3f} s in all"
             + (f"; LEARNED NOTHING: {reason}" if reason else ""))
 
@@ -120,6 +161,17 @@ class Outputs:
         """OutputError naming the option unless every file can be written: see
         engine.outputs.check_output_paths; `inputs` (option, path) must not be overwritten;
         points: the number of points of a sweep (0: not a sweep)."""
+        check_output_paths(self.named(seeds, world, points), inputs)
+
+    def locked_by(self, seeds: range, world: World = World(), points: int = 0) -> list[tuple[str, str]]:
+        """The (option, path) this process locks while it runs (engine.outputs.OutputLocks):
+        every file on rank 0, its own progress file on the others."""
+        own = self.progress(world)
+        return [(option, path) for option, path in self.named(seeds, world, points)
+                if world.main and "progress file" not in option or path == own]
+
+    def named(self, seeds: range, world: World = World(), points: int = 0) -> list[tuple[str, str]]:
+        """Every file of the session as (option, path)."""
         named = []
         if self.json:
             named.append(("--json", self.json))
@@ -137,9 +189,34 @@ class Outputs:
             named += [(f"--save (point {point + 1}, seed {seed})", self.checkpoint(seed, len(seeds), point))
                       for point in range(points) for seed in seeds]
         elif self.save:
+            if len(seeds) > 1:
+                named.append(("--save", self.save))        # the name itself: not a folder
             named += [("--save" if len(seeds) == 1 else f"--save (seed {seed})", self.checkpoint(seed, len(seeds)))
                       for seed in seeds]
-        check_output_paths(named, inputs)
+        return named
+
+
+def held_runs(path: str, ours: bool = False) -> int | None:
+    """What a file already at an output path holds: None when there is nothing (no file,
+    or an empty one); the number of runs of a JSON of ours; 1 for any other file (kept
+    from a result with no run), or None for one with `ours`."""
+    try:
+        if os.path.getsize(path) == 0:
+            return None
+        with open(path, encoding="utf-8") as file:
+            payload = json.load(file)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except (OSError, ValueError):
+        return None if ours else 1
+    runs = payload.get("runs") if isinstance(payload, dict) else None
+    return len(runs) if isinstance(runs, list) else None if ours else 1
+
+
+def beside(path: str, word: str) -> str:
+    """A free name beside `path` with `word` before its extension: runs.json -> runs.WORD.json."""
+    root, extension = os.path.splitext(path)
+    return free_name(f"{root}.{word}{extension or '.json'}")
 
 
 def write_json_or_rescue(path: str, payload: dict, quiet: bool = False, what: str = "the JSON") -> str | None:
@@ -162,7 +239,8 @@ class Session:
 
     trainer, train, test: an already-built Trainer and its loaders (warmed up if wanted).
     runs, first_seed: the global runs (run i has seed first_seed + i); this process trains
-    world.my_runs(runs). show: the progress display. data_source: how the summary names
+    world.my_runs(runs); peers: what the gathers wait on (engine.results.distributed.start).
+    show: the progress display. data_source: how the summary names
     the data. context: the JSON's fields that describe the set-up (config, dtype, device,
     versions, ...). checkpoint_fields: what each --save file records besides the run's seed
     and accuracies. warmup_seconds: the warm-up's time, for the JSON."""
@@ -170,10 +248,11 @@ class Session:
     def __init__(self, trainer, train, test, *, runs: int, first_seed: int = 0, world: World = World(),
                  outputs: Outputs = Outputs(), show: Progress | None = None, data_source: str = "",
                  context: dict | None = None, checkpoint_fields: dict | None = None,
-                 evaluate_every_epoch: bool = True, warmup_seconds: float = 0.0, quiet: bool = False):
+                 evaluate_every_epoch: bool = True, warmup_seconds: float = 0.0, quiet: bool = False,
+                 peers: Peers | None = None):
         self.trainer, self.train, self.test = trainer, train, test
         self.config = trainer.config
-        self.runs, self.first_seed, self.world, self.outputs = runs, first_seed, world, outputs
+        self.runs, self.first_seed, self.world, self.outputs, self.peers = runs, first_seed, world, outputs, peers
         self.show = show or Progress("quiet")
         self.data_source, self.context = data_source, dict(context or {})
         self.checkpoint_fields = dict(checkpoint_fields or {})
@@ -185,6 +264,11 @@ class Session:
         self.writing = self.finishing = False
         self.deferred = []                # signals that came while writing
         self.progress_warned = False
+        # An earlier result at --json is never replaced by less (module docstring).
+        self.previous = held_runs(outputs.json) if outputs.json and world.main else None
+        self.progress_path = outputs.progress(world)
+        if self.previous is not None and not world.distributed:
+            self.progress_path = beside(outputs.json, "unfinished")
 
     # ---- signals ----
     def _on_signal(self, signum, frame):
@@ -305,12 +389,12 @@ class Session:
         if self.world.distributed:
             record["rank"] = self.world.rank
         self.finished.append((index, record))
-        path = self.outputs.progress(self.world)
+        path = self.progress_path
         if path is None:
             return
         runs = [record for _, record in self.finished]
         try:
-            write_json(path, self.payload(runs, complete=False))
+            write_json(path, {**self.payload(runs, complete=False), "final": False})
         except Exception as error:
             if not self.progress_warned:
                 print(f"{self.show.prefix}warning: could not update {path} after a run ({type(error).__name__}: "
@@ -346,18 +430,18 @@ class Session:
         """Gather, report (rank 0), tidy up the progress files; the exit status (see run)."""
         self.finishing = True
         try:
-            processes = gather(self.world, self.process())
-        except RuntimeError as error:     # another process died: torch.distributed cannot gather
-            kept = self.outputs.progress(self.world)
+            processes = gather(self.world, self.process(), self.peers, "processes")
+        except RuntimeError as error:     # another process died or is missing (PeersMissing): cannot gather
+            kept = self.progress_path if self.finished else None
             print(f"{self.show.prefix}error: could not gather the other processes' runs "
                   f"({(str(error).strip().splitlines() or [''])[0]}); no summary is written. "
                   + (f"This process's finished runs are in {kept}." if kept else
                      "Pass --json to keep each process's finished runs on disk."), file=sys.stderr, flush=True)
             return 1
         json_written = self.report(processes) if self.world.main else True
-        if self.world.distributed and self.outputs.json and gather(self.world, json_written)[0]:
+        if self.world.distributed and self.outputs.json and gather(self.world, json_written, self.peers, "json")[0]:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(self.outputs.progress(self.world))
+                os.remove(self.progress_path)
         if self.crash is not None:
             raise self.crash              # after the results are safe: the traceback is the bug report
         stopped = [p["stopped_by"] for p in processes if p["stopped_by"] is not None]
@@ -368,21 +452,59 @@ class Session:
         troubles = any(p["error"] or p["write_errors"] for p in processes) or self.write_errors
         return 1 if troubles or not learned else 0
 
+    def json_target(self, complete: bool, runs: int) -> str:
+        """Where the final JSON goes: --json, unless that would replace an earlier result by
+        fewer runs of a session cut short (then this session's unfinished file). Before a
+        complete result with fewer runs replaces it, the earlier file is copied to
+        PATH.previous.json."""
+        path = self.outputs.json
+        if self.previous is None or runs >= self.previous:
+            return path
+        if not complete:
+            return self.progress_path if not self.world.distributed else beside(path, "unfinished")
+        kept = beside(path, "previous")
+        try:
+            with open(path, "rb") as file:
+                earlier = file.read()
+            atomic_write(kept, lambda file: file.write(earlier))
+            print(f"the earlier result in {path} held {self.previous} run(s), more than this one: it is kept "
+                  f"as {kept}", file=sys.stderr, flush=True)
+        except OSError as error:
+            print(f"warning: could not keep the earlier result of {path} as {kept} ({error}); it is kept "
+                  f"where it is and this result goes to {self.progress_path}", file=sys.stderr, flush=True)
+            return self.progress_path if not self.world.distributed else beside(path, "unfinished")
+        return path
+
     def summary_text(self, payload: dict) -> str:
-        return format_summary(payload["summary"], self.data_source, payload["device"], self.config.reported_as)
+        return format_summary(payload["summary"], self.data_source, payload["device"], reported_as(self.config),
+                              learned_nothing_hint(self.config))
 
     def report(self, processes: list) -> bool:
         """Print the summary, write the JSON and the plot, from every process's runs in run
         order. Returns whether the JSON is where --json asked (True without --json); counts
         each file not written where asked in write_errors."""
         runs = [record for _, record in sorted((item for p in processes for item in p["runs"]), key=lambda i: i[0])]
-        payload = self.payload(runs, complete=True, processes=processes)
+        cut_short = any(p["stopped_by"] is not None or p["error"] for p in processes)
+        complete = not cut_short and len(runs) == self.runs
+        payload = {**self.payload(runs, complete=complete, processes=processes), "final": True}
         print(("" if self.quiet else "\n") + self.summary_text(payload), flush=True)
-        json_written = True
+        json_written, aside = True, False
         if self.outputs.json:
-            json_written = write_json_or_rescue(self.outputs.json, payload, self.quiet) == self.outputs.json
+            target = self.json_target(complete, len(runs))
+            aside = target != self.outputs.json
+            json_written = write_json_or_rescue(target, payload, self.quiet or aside) == target
             self.write_errors += not json_written
-        if self.outputs.plot:
+            if json_written and not aside and self.progress_path not in (None, target) and not self.world.distributed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.progress_path)
+            if json_written and aside:
+                held = f"{self.previous} run(s)" if held_runs(self.outputs.json, ours=True) else "not a result of ours"
+                print(f"kept the earlier result in {self.outputs.json} ({held}); this session "
+                      f"was cut short and its {len(runs)} finished run(s) are in {target}"
+                      + (f"; the plot {self.outputs.plot} is left as it was too"
+                         if self.outputs.plot and os.path.exists(self.outputs.plot) else ""),
+                      file=sys.stderr, flush=True)
+        if self.outputs.plot and not (aside and os.path.exists(self.outputs.plot)):   # else: the earlier one's
             from engine.results.plots import plot_runs
             title = f"{self.data_source} | {payload['device']} | {len(runs)} run(s)"
             path, message = write_or_rescue(lambda target: plot_runs(runs, target, title=title), self.outputs.plot,

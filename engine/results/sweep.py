@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from engine.results.compare import format_difference, point_label, welch
 from engine.results.report import summarize
-from engine.results.session import Session
+from engine.results.session import Session, reported_as
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 PARSERS = {"int": int, "float": float, "str": str, "bool": lambda text: BOOLEANS[text.lower()]}
@@ -182,7 +182,7 @@ class SweepSession(Session):
                             "settings": {name: list(dict.fromkeys(p.settings[name] for p in self.points))
                                          for name in self.points[0].settings}}
         payload["points"] = [{"index": k, "label": point.label(self.with_recipe), "settings": point.settings,
-                              **point.recipe.record(), "reported_as": config.reported_as, "config": config.to_dict(),
+                              **point.recipe.record(), "reported_as": reported_as(config), "config": config.to_dict(),
                               "summary": summarize([run for run in runs if run.get("point") == k])}
                              for k, (point, config) in enumerate(zip(self.points, self.configs))]
         payload["comparisons"] = [compare_points(runs, 0, k) for k in range(1, len(self.points))]

@@ -57,6 +57,10 @@ def load_cifar10(data, download: bool = False, synthetic_size: int = 50_000,
     data = as_path(data, "data")
     if data == "synthetic":
         return make_synthetic(synthetic_size, seed=seed)
+    unreadable = unreadable_reason(data)
+    if unreadable:
+        raise DataError(f"cannot read {data}: {unreadable}. Check its permissions (and its folders'); "
+                        f"--download would not help.")
     if os.path.isdir(data):
         from engine.training.image_folder import is_image_folder, load_image_folder
 
@@ -75,6 +79,19 @@ def load_cifar10(data, download: bool = False, synthetic_size: int = 50_000,
                         f"torchvision, or another source: {SOURCES}.")
     os.makedirs(data, exist_ok=True)
     return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
+
+
+def unreadable_reason(path: str) -> str | None:
+    """Why `path` exists but cannot be read (permission denied, a link loop), else None."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return error.strerror or str(error)
+    if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        return "permission denied (the folder cannot be listed)"
+    return None
 
 
 def convert(source, out, download: bool = False) -> Cifar10:

@@ -13,7 +13,9 @@ sorted file-name order.
 Decoding 60,000 files takes seconds, so the arrays are cached as an .npz: inside
 ROOT when it is writable, else in ~/.cache/cifar-speedrun (or $XDG_CACHE_HOME),
 in a file named after ROOT's path. The cache records a fingerprint of the file
-list (names, sizes, modification times), so a changed folder is decoded anew.
+list (names, sizes, modification times, and each file's inode number and status-change
+time, which no copy tool or `touch -r` can set back), so a changed folder is decoded
+anew, even when an image was replaced by another of the same size and modification time.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CACHE_NAME = "cifar-speedrun-cache.npz"
-CACHE_FORMAT = "1"        # raise when the cache's layout or decoding changes
+CACHE_FORMAT = "2"        # raise when the cache's layout or decoding changes
 
 
 def is_image_folder(root: str) -> bool:
@@ -43,14 +45,18 @@ def is_image_folder(root: str) -> bool:
 def load_image_folder(root: str) -> dict:
     """The four arrays (and `classes`) of the image folder `root`, from the cache when it
     matches the folder's files, else decoded and cached. DataError names what is wrong."""
-    listing = list_images(root)
+    try:
+        listing = list_images(root)
+        fingerprint = folder_fingerprint(listing)
+    except OSError as error:           # a symbolic link loop, an unreadable folder, a file gone meanwhile
+        raise DataError(f"cannot read {error.filename or root} in the image folder {root} "
+                        f"({error.strerror or error}); fix its permissions or the link, or move it out.") from None
     classes, labels = class_labels([name for name, _ in listing["train"]])
     unknown = sorted({name for name, _ in listing["test"]} - set(labels))
     if unknown:
         raise DataError(f"{os.path.join(root, 'test')} has class folder(s) {', '.join(unknown)} that "
                         f"{os.path.join(root, 'train')} lacks; the network learns only the training "
                         f"classes. Rename or remove them.")
-    fingerprint = folder_fingerprint(listing)
     places = cache_places(root)
     for place in places:
         cached = read_cache(place, fingerprint)
@@ -115,14 +121,15 @@ def class_labels(names: list) -> tuple:
 
 
 def folder_fingerprint(listing: dict) -> str:
-    """A digest of every image's split, class, name, size and modification time."""
+    """A digest of every image's split, class, name, size, modification time, inode number
+    and status-change time (ctime: set by the system on every change, never by a copy)."""
     digest = hashlib.sha256(CACHE_FORMAT.encode())
     for split in SPLITS:
         for name, files in listing[split]:
             for entry in files:
                 status = entry.stat()
-                digest.update(f"{split}/{name}/{entry.name}\t{status.st_size}\t{status.st_mtime_ns}\n"
-                              .encode("utf-8", "surrogateescape"))
+                digest.update(f"{split}/{name}/{entry.name}\t{status.st_size}\t{status.st_mtime_ns}\t"
+                              f"{status.st_ino}\t{status.st_ctime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -174,11 +181,14 @@ def read_image(path: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as image:      # reads the header only: the size is known before decoding
             size, mode = image.size, image.mode
-            pixels = np.asarray(image) if (size, mode) == ((32, 32), "RGB") else None
-    except (OSError, SyntaxError, ValueError) as error:     # not an image, cut short, ...
+            if (size, mode) == ((32, 32), "RGB"):
+                image.load()
+                pixels = np.asarray(image)
+            else:
+                pixels = None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # not an image, cut short, a bomb
         raise DataError(f"cannot read the image {path} ({type(error).__name__}: {error}); replace or "
                         f"remove it.") from None
     if pixels is None:
