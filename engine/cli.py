@@ -109,7 +109,7 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         # A typo should not wait for the data to load.
         for point in points:
             recipe_config(args, point.recipe, args.batch_size or point.recipe.config_class.batch_size, point.settings)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:   # TypeError: a value of the wrong kind for its field
         parser.error(str(error))
     if args.plot:
         try:
@@ -182,7 +182,7 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
         configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
         for config in configs:
             require_network_fits(config, device, dtype)
-    except ValueError as error:   # what depends on the data: a training set smaller than a batch
+    except (ValueError, TypeError) as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
     if device.type == "cuda" and not args.deterministic:

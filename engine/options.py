@@ -118,7 +118,7 @@ SYNTHETIC_SIZE = 50_000              # --synthetic-size when not given
 # Recipe overrides: option -> (Config field, type, what it is). Each applies to the recipes
 # whose Config has that field; given with another recipe, it is refused.
 OVERRIDES = {
-    "--epochs": ("epochs", "positive_int", "training epochs"),
+    "--epochs": ("epochs", "positive_number", "training epochs (a fraction where the recipe's epochs are one)"),
     "--batch-size": ("batch_size", "positive_int", "training batch size"),
     "--base-width": ("base_width", "positive_int", "every layer's width scales with it (small: quick CPU runs)"),
     "--label-smoothing": ("label_smoothing", float, "label smoothing of the cross-entropy"),
@@ -138,6 +138,17 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_number(text: str):
+    """A positive int, or a positive float where the text is not a whole number (7.59)."""
+    try:
+        return positive_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -229,7 +240,8 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                              "such setting)")
     for option, (field, kind, meaning) in OVERRIDES.items():
         g.add_argument(option, dest=field, default=None, metavar=field.upper(),
-                       type={"positive_int": positive_int, "non_negative_int": non_negative_int}.get(kind, kind),
+                       type={"positive_int": positive_int, "non_negative_int": non_negative_int,
+                             "positive_number": positive_number}.get(kind, kind),
                        help=f"{meaning} ({override_defaults(field)})")
     return p
 

@@ -31,7 +31,10 @@ NOT_ARITHMETIC = {"whiten_chunk", "test_batch_size"}
 # Fields whose effect a float32 run need not show, each proved by its own test below: the
 # loss scale is divided out again (in float32 it moves at most the rounding, on some torch
 # versions not even that); in half precision it multiplies every loss.
-OWN_TEST = {"loss_scale": "test_the_loss_scale_reaches_the_half_precision_products"}
+OWN_TEST = {"loss_scale": "test_the_loss_scale_reaches_the_half_precision_products",
+            # The share of test images given six views: on a tiny test set it may move no
+            # prediction, so its own test counts the images it sends through the views.
+            "tta_fraction": "test_the_tta_fraction_reaches_the_views"}
 # Changes that a plain halving would not make visible (e.g. an epsilon far below the
 # variances it is added to), or that need a value of their own kind.
 CHANGED = {"bn_eps": 0.5, "initial_lr_ratio": 0.5, "cutout": 6, "ema_epochs": 2, "whiten_images": 32,
@@ -156,6 +159,23 @@ def test_the_loss_scale_reaches_the_half_precision_products():
     assert scaled.dtype == torch.float16 and scaled.item() == pytest.approx(exact, rel=1e-3)
     assert math.isinf(loss_function(logits, labels, Config(loss_scale=4096.0)).item())
     assert math.isfinite(loss_function(logits.float(), labels, Config(loss_scale=4096.0)).item())
+
+
+@pytest.mark.parametrize("fraction,viewed", [(0.25, 10), (0.5, 20)])
+def test_the_tta_fraction_reaches_the_views(fraction, viewed):
+    """The run's tta_fraction, not the class default, sets how many of 40 test images the
+    reported evaluation sends through the six views (each view batch: 6 images per image)."""
+    from engine.recipes.hiverge import Config
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3 * 32 * 32, 10)
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return linear(x.flatten(1))
+    views = Config(tta_fraction=fraction).evaluation_views(final=True)
+    views(forward, torch.randn(40, 3, 32, 32))
+    assert seen[0] == 40 and sum(seen[1:]) == 6 * viewed
 
 
 def test_each_field_excused_from_the_run_check_is_a_field_with_a_test_of_its_own():
