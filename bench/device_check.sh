@@ -23,19 +23,21 @@
 # pytest output goes to kernels.log). The summary is built from those lines, so
 # it shows every finished variant and test of a cut stage.
 #
-# Stage limits (seed train + record train + tests + kernel bench), sized for a
+# Stage limits (seed train + record train, also each hiverge's + tests + kernel bench), sized for a
 # fresh machine (empty Triton and Inductor caches). Estimates, from the last H200
 # check and the NOTES.md predictions: eager ~6 s per seed run, ~2.5 s per record
 # run; a compiled variant ~3 s and ~1.5 s; a cold Inductor compile of a recipe's
 # step, update and evaluation 60-90 s, a later compiled variant of the same
 # recipe less (Inductor's on-disk graph cache); profiling ~5 s per variant.
-#   full:    200 + 120 + 60 + 40 s = 420 s, about 7.5 minutes with the environment;
+#   full:    170 + 100 + 100 + 60 + 40 s = 470 s, about 8.5 minutes with the environment;
 #            seed: eager, compile+triton (about 60 + 120 s for 10 runs each, the
 #            headline, inside the limit), then compile+triton+cudagraphs and
 #            compile, which a cold machine may not reach (they come last: a cut
 #            loses only them); record: eager, compile+triton (about 30 + 110 s);
+#            hiverge (the 2025 record, its stage after the record's, under the same
+#            limit): eager, compile+triton, estimated like the record's;
 #            10 runs each (the accuracy comparison needs 10), 20 profiled steps
-#   --quick: 100 + 60 + 30 + 20 s = 210 s, under 4 minutes; eager and
+#   --quick: 90 + 50 + 50 + 30 + 20 s = 240 s, about 4 minutes; eager and
 #            compile+triton, 2 runs, 15 profiled steps, fewer kernel tests and ops
 # The kernel tests' selection is sized by what a fresh GPU compiles: each test
 # compiles its own kernel specialisations (dtype, block sizes, divisibility of
@@ -79,17 +81,20 @@ mkdir -p "$outdir"
 label="${label:-$(basename "$data")}"
 rm -rf "$outdir/traces" "$outdir/traces.tar" "$outdir/csv.tar"; : > "$outdir/train.log"; : > "$outdir/kernels.log"   # a rerun starts clean
 record_extra=(--recipe airbench94-muon --variants eager,compile+triton)
+hiverge_extra=(--recipe hiverge --variants eager,compile+triton)
 if [ "$quick" = 1 ]; then   # the headline pair only, fewer kernel tests and ops
-  runs="${runs:-2}"; t_train=100; t_record=60; t_tests=30; t_kbench=20
+  runs="${runs:-2}"; t_train=90; t_record=50; t_tests=30; t_kbench=20
   test_select="kernels and float16 and not bfloat16"
   train_extra=(--variants eager,compile+triton --profile-steps 15)
   record_extra+=(--profile-steps 15)
+  hiverge_extra+=(--profile-steps 15)
   kbench_extra=(--only affine_gelu,squeeze_excite)
 else
-  runs="${runs:-10}"; t_train=200; t_record=120; t_tests=60; t_kbench=40
+  runs="${runs:-10}"; t_train=170; t_record=100; t_tests=60; t_kbench=40
   test_select="(kernels and not bfloat16) or (integration and not compile)"
   train_extra=(--variants eager,compile+triton,compile+triton+cudagraphs,compile --profile-steps 20)
   record_extra+=(--profile-steps 20)
+  hiverge_extra+=(--profile-steps 20)
   kbench_extra=()
 fi
 if [ -n "${DEVICE_CHECK_LIMITS:-}" ]; then
@@ -136,6 +141,11 @@ run_stage "bench/train.py --recipe airbench94-muon" $t_record "$outdir/train.log
   "$PY" bench/train.py --data "$data" --data-label "$label" --runs "$runs" \
     --json "$outdir/train_airbench94-muon.json" --trace-dir "$outdir/traces" "${record_extra[@]}" \
     ${DEVICE_CHECK_TRAIN_ARGS:-}
+# The 2025 record recipe: eager and the default compiled variant, under the record recipe's limit.
+run_stage "bench/train.py --recipe hiverge" $t_record "$outdir/train.log" \
+  "$PY" bench/train.py --data "$data" --data-label "$label" --runs "$runs" \
+    --json "$outdir/train_hiverge.json" --trace-dir "$outdir/traces" "${hiverge_extra[@]}" \
+    ${DEVICE_CHECK_TRAIN_ARGS:-}
 # The traces in one file (the device tool brings back 8 files of 16 MiB at most).
 if [ -d "$outdir/traces" ]; then
   traces=(); bytes=0
@@ -171,7 +181,7 @@ csvs=(); for f in train.csv kernels.csv; do [ -f "bench/results/$f" ] && csvs+=(
   echo "--- bench/train.py, one row per finished variant (details: train.log, train*.json, traces.tar, csv.tar) ---"
   grep -E "^row " "$outdir/train.log"
   grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log" | awk '!seen[$0]++'
-  for recipe in seed airbench94-muon; do
+  for recipe in seed airbench94-muon hiverge; do
     grep -q "^bench/train.py on .*recipe: $recipe," "$outdir/train.log" ||
       echo "(recipe $recipe: its stage ended before its final table; the rows above are what it finished)"
   done

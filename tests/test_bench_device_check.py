@@ -39,9 +39,9 @@ def test_device_check_keeps_a_cut_stages_rows_and_builds_the_summary_from_them(t
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = proc.stdout[proc.stdout.index("device check summary"):]
-    for stage in ("bench/train.py", "bench/train.py --recipe airbench94-muon"):
+    for stage in ("bench/train.py", "bench/train.py --recipe airbench94-muon", "bench/train.py --recipe hiverge"):
         assert f"{stage}: exit 137" in summary and "CUT at its limit" in summary
-    for recipe in ("seed", "airbench94-muon"):
+    for recipe in ("seed", "airbench94-muon", "hiverge"):
         assert f"row {recipe}/eager: off, 2 runs, accuracy " in summary
         assert f"profile {recipe}/eager: 2 steps" in summary
         assert f"(recipe {recipe}: its stage ended before its final table" in summary
@@ -51,13 +51,15 @@ def test_device_check_keeps_a_cut_stages_rows_and_builds_the_summary_from_them(t
     assert "test passed: tests/test_kernels_gelu.py::test_gelu_rejects_bad_input" in (
         out / "env_and_tests.log").read_text()
     assert summary.strip() in (out / "summary.txt").read_text()
-    for name, recipe in (("train.json", "seed"), ("train_airbench94-muon.json", "airbench94-muon")):
+    for name, recipe in (("train.json", "seed"), ("train_airbench94-muon.json", "airbench94-muon"),
+                         ("train_hiverge.json", "hiverge")):
         results = json.loads((out / name).read_text())
         assert results["recipe"] == recipe and results["partial"] is True
         assert list(results["variants"]) == ["eager"]
         assert results["variants"]["eager"]["summary"]["runs"] == 2 and "profile" in results["variants"]["eager"]
     rows = csv_path.read_text().splitlines()
-    assert len(rows) == 3 and ",seed,eager," in rows[1] and ",airbench94-muon,eager," in rows[2]
+    assert len(rows) == 4 and ",seed,eager," in rows[1] and ",airbench94-muon,eager," in rows[2]
+    assert ",hiverge,eager," in rows[3]
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8, f"the device tool brings back 8 files at most: {sorted(p.name for p in files)}"
 
