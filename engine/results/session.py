@@ -488,6 +488,9 @@ class Session:
         complete = not cut_short and len(runs) == self.runs
         payload = {**self.payload(runs, complete=complete, processes=processes), "final": True}
         print(("" if self.quiet else "\n") + self.summary_text(payload), flush=True)
+        saved = [record["checkpoint"] for record in runs if record.get("checkpoint")]
+        if self.quiet and saved:           # the per-run "saved" lines were not shown
+            print("saved " + ", ".join(saved), flush=True)
         json_written, aside = True, False
         if self.outputs.json:
             target = self.json_target(complete, len(runs))
