@@ -179,12 +179,12 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     command = invocation(prog)
     p = argparse.ArgumentParser(
         prog=prog, description="Train a CIFAR-10 speed-run recipe (--recipe): hlb-CIFAR10's by default, "
-                               "or airbench94 with Muon.",
+                               "airbench94 with Muon, or hiverge's 2025 record.",
         epilog=f"`{command} evaluate --checkpoint PATH [--data ...]` re-measures a network saved with "
                f"--save. `{command} convert SRC OUT.npz` writes any data source as one .npz. "
                f"`{command} compare A.json B.json` says whether a change helped (Welch's t-test). "
                "`torchrun --nproc_per_node=K run.py --runs N ...` spreads the runs over K processes. "
-               "The recipes, number by number: docs/recipe.md and docs/record-recipe.md.")
+               "The recipes, number by number: docs/recipe.md, docs/record-recipe.md and docs/hiverge-recipe.md.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data",
                    help="a torchvision CIFAR-10 root directory, an .npz file (train_images, train_labels, "
@@ -229,7 +229,8 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--recipe", default=default_recipe(), metavar="{" + ",".join(built_in_recipes()) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
-                        "airbench94 with the Muon optimizer, the record recipe; or your own: a recipe file "
+                        "airbench94 with the Muon optimizer, the record recipe; hiverge: hiverge/cifar10-speedrun's 2025 "
+                        "record, its descendant; or your own: a recipe file "
                         "(my_recipe.py) or module (package.module), see docs/own-recipe.md. Several, comma-separated: "
                         "a sweep over them, on the same data and seeds")
     g.add_argument("--set", action="append", default=[], metavar="NAME=V1[,V2...]",

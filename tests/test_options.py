@@ -46,7 +46,7 @@ def test_help_after_a_bad_value_is_argparses_error_still_without_torch():
     check = ("import sys; from engine.command import main; code = main(['--epochs', 'x', '--help']); "
              "assert 'torch' not in sys.modules; sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--epochs: invalid positive_int value: 'x'" in proc.stderr
+    assert proc.returncode == 2 and "--epochs: invalid positive_number value: 'x'" in proc.stderr
 
 
 def test_the_help_shows_every_recipes_default():

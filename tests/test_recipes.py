@@ -20,7 +20,7 @@ def run_cli(*args, timeout=600):
 
 
 def test_the_recipes_and_their_presets():
-    assert list(RECIPES) == ["seed", "seed-long", "airbench94-muon"]
+    assert list(RECIPES) == ["seed", "seed-long", "airbench94-muon", "hiverge"]
     assert make_config("seed") == seed.Config()
     long = make_config("seed-long")
     assert (long.base_width, long.epochs, long.ema_epochs, long.lr) == (128, 80, 2, seed.Config().lr)
@@ -46,9 +46,9 @@ def test_overrides_the_recipe_does_not_have_are_refused_before_the_data(args, me
 def test_help_lists_every_recipe_and_which_recipes_each_override_applies_to():
     result = run_cli("--help", timeout=120)
     text = " ".join(result.stdout.split())
-    assert "--recipe {seed,seed-long,airbench94-muon}" in text
+    assert "--recipe {seed,seed-long,airbench94-muon,hiverge}" in text
     assert "seed-long: its long configuration, base width 128 and 80 epochs" in text
-    assert "(seed 10, seed-long 80, airbench94-muon 8)" in text                      # --epochs
+    assert "(seed 10, seed-long 80, airbench94-muon 8, hiverge 7.59)" in text                      # --epochs
     assert "EMA decay per step (seed 0.986, seed-long 0.986)" in text               # seed recipes only
 
 
