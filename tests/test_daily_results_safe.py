@@ -232,7 +232,9 @@ def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path,
     assert signal.getsignal(signal.SIGINT) is handler_before                # the handler put back
 
 
-def test_sigterm_is_summarised_like_ctrl_c(tmp_path):
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGHUP (a closed terminal or ssh session)"])
+def test_sigterm_and_sighup_are_summarised_like_ctrl_c(tmp_path, signum, status):
     out = tmp_path / "runs.json"
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *SMALL, "--runs", "1000",
                                 "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -241,12 +243,12 @@ def test_sigterm_is_summarised_like_ctrl_c(tmp_path):
         for line in process.stdout:                               # wait until the first run finished
             if line.startswith("final:"):
                 break
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 143, stderr
-    assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert process.returncode == status, stderr
+    assert f"interrupted ({signal.Signals(signum).name})" in stderr and "Traceback" not in stderr
     report = json.loads(out.read_text())
     finished = stdout.count("final:") + 1                         # the line read above
     assert report["final"] and report["interrupted"] and 1 <= len(report["runs"]) == finished

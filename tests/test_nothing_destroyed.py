@@ -209,26 +209,6 @@ def test_two_rescues_of_the_same_name_get_two_files(tmp_path, monkeypatch):
 
 # ---- signals and leftovers ----
 
-def test_sighup_is_summarised_like_ctrl_c(tmp_path):
-    out = tmp_path / "runs.json"
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *SMALL, "--runs", "1000",
-                                "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        for line in process.stdout:
-            if line.startswith("final:"):
-                break
-        process.send_signal(signal.SIGHUP)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 129, stderr
-    assert "interrupted (SIGHUP)" in stderr and "Traceback" not in stderr
-    report = json.loads(out.read_text())
-    assert report["final"] and report["interrupted"] and len(report["runs"]) >= 1
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
     """The child sends itself the signal in the middle of writing OUT (np.savez wrapped)."""
     code = ("import os, sys, numpy as np\n"
