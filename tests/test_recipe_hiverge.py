@@ -30,6 +30,13 @@ def tiny(**changes):
     return Config(**{**fields, **changes})
 
 
+def loaders(config, seed):
+    """The training and test loaders of 512 + 100 synthetic images for `config`, on the CPU."""
+    data = make_synthetic(512, seed=seed, test_size=100)
+    return (CifarLoader(data.train_images, data.train_labels, config, True, "cpu", torch.float32),
+            CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32))
+
+
 def test_the_recipe_s_numbers():
     c = make_config("hiverge")
     assert (c.batch_size, c.steps_per_epoch, c.total_steps, c.epoch_count) == (1536, 32, 243, 8)
@@ -85,9 +92,7 @@ def test_groups_schedules_and_muon_settings():
 
 def test_the_last_epoch_is_cut_at_the_recipes_step_count():
     config = tiny()
-    data = make_synthetic(512, seed=1, test_size=100)
-    train = CifarLoader(data.train_images, data.train_labels, config, True, "cpu", torch.float32)
-    test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
+    train, test = loaders(config, seed=1)
     steps = []
     result = Trainer(config, EAGER, "cpu", torch.float32).run(train, test, seed=0, on_step=steps.append)
     assert steps == list(range(1, 11)) and [row["epoch"] for row in result.epochs] == [1, 2, 3]
@@ -136,7 +141,7 @@ def test_the_confidence_selected_views_against_a_slow_reference():
     """Plain logits for every image; the 25% whose highest softmax probability is lowest get
     airbench's six views instead: checked image by image, with batches that split the set."""
     torch.manual_seed(6)
-    linear = torch.nn.Linear(3 * 32 * 32, 10).double()
+    linear = torch.nn.Linear(3 * 32 * 32, 10).double().requires_grad_(False)
 
     def forward(x):
         return linear(x.flatten(1))
@@ -153,9 +158,7 @@ def test_the_confidence_selected_views_against_a_slow_reference():
 
 def test_a_run_reports_the_selected_view_accuracy():
     config = tiny()
-    data = make_synthetic(512, seed=10, test_size=100)
-    train = CifarLoader(data.train_images, data.train_labels, config, True, "cpu", torch.float32)
-    test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
+    train, test = loaders(config, seed=10)
     result = Trainer(config, EAGER, "cpu", torch.float32).run(train, test, seed=0)
     assert result.accuracy == evaluate(result.model, test, confidence_selected(six_view_logits, 0.25, 100))
     assert result.epochs[-1]["val_accuracy"] == evaluate(result.model, test, plain_logits)
@@ -188,9 +191,7 @@ def test_compiled_runs_never_recompile_across_the_bias_cut_off_epochs_and_runs()
     the graphs the warm-up compiled, and the run ends near the eager one."""
     torch._dynamo.reset()
     config = tiny()
-    data = make_synthetic(512, seed=9, test_size=100)
-    train = CifarLoader(data.train_images, data.train_labels, config, True, "cpu", torch.float32)
-    test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
+    train, test = loaders(config, seed=9)
     trainer = Trainer(config, EAGER, "cpu", torch.float32, compile=True)
     trainer.warm_up(train, test)
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -203,9 +204,7 @@ def test_compiled_runs_never_recompile_across_the_bias_cut_off_epochs_and_runs()
 
 def test_the_whitening_bias_stops_at_its_step():
     config = tiny()
-    data = make_synthetic(512, seed=7, test_size=100)
-    train = CifarLoader(data.train_images, data.train_labels, config, True, "cpu", torch.float32)
-    test = CifarLoader(data.test_images, data.test_labels, config, False, "cpu", torch.float32)
+    train, test = loaders(config, seed=7)
     trainer = Trainer(config, EAGER, "cpu", torch.float32)
     biases = []
     trainer.run(train, test, seed=0, on_step=lambda done: biases.append(trainer.kept[0].whiten.bias.detach().clone()),
