@@ -32,13 +32,14 @@ def least_confident(logits: torch.Tensor, fraction: float) -> torch.Tensor:
 def confidence_selected(views: Callable, fraction: float, batch_size: int) -> Callable:
     """A whole-set view: plain logits for every test image (in batches), then `views` for the
     `fraction` least confident images only (in batches), their logits replaced by those."""
+    def in_batches(view: Callable, forward: Callable, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([view(forward, images[start:start + batch_size]) for start in range(0, len(images), batch_size)])
+
     def selected_views(forward: Callable, images: torch.Tensor) -> torch.Tensor:
-        logits = torch.cat([forward(images[start:start + batch_size]) for start in range(0, len(images), batch_size)])
+        logits = in_batches(plain_logits, forward, images)
         chosen = least_confident(logits, fraction)
         if len(chosen):
-            again = images[chosen].contiguous(memory_format=torch.channels_last)
-            better = torch.cat([views(forward, again[start:start + batch_size])
-                                for start in range(0, len(again), batch_size)])
+            better = in_batches(views, forward, images[chosen].contiguous(memory_format=torch.channels_last))
             logits = logits.index_copy(0, chosen, better.to(logits.dtype))
         return logits
     selected_views.whole_set = True        # evaluate() hands it the whole test set at once
