@@ -209,6 +209,7 @@ def test_two_rescues_of_the_same_name_get_two_files(tmp_path, monkeypatch):
 
 # ---- signals and leftovers ----
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
     """The child sends itself the signal in the middle of writing OUT (np.savez wrapped)."""
     code = ("import os, sys, numpy as np\n"
