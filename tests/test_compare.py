@@ -183,7 +183,8 @@ DIFFERENCES = [
     ({"python": "3.11.7"}, "measured on different python versions ([0] 3.12.1; [1] 3.11.7)"),
     ({"git_commit": "def"}, "measured on different engine versions (git commit) ([0] abc; [1] def)"),
     ({"compile": True}, "measured with different compile ([0] false; [1] true)"),
-    ({"new_field_of_a_later_engine": [1, 2]}, "measured with different new_field_of_a_later_engine ([0] none; [1] [1, 2])"),
+    ({"new_field_of_a_later_engine": [1, 2]},
+     "measured with different new_field_of_a_later_engine ([0] not recorded; [1] [1, 2])"),
 ]
 
 

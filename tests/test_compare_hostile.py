@@ -103,6 +103,13 @@ def test_a_huge_integer_literal_and_an_overflowing_float_literal_are_refused(tmp
     assert "runs[0].train_seconds " in refused(["compare", good, bad], capsys).replace(bad, "")
 
 
+def test_a_setting_nested_deeper_than_any_result_is_refused_naming_it(tmp_path, capsys):
+    good = write(tmp_path / "good.json", payload_of())
+    nested = json.dumps(payload_of())[:-1] + ', "extra": ' + "[" * 500 + "]" * 500 + "}"   # json reads it
+    line = refused(["compare", good, write(tmp_path / "bad.json", nested)], capsys)
+    assert "extra[0][0]" in line and "nested more than" in line
+
+
 SWEEP_FIELDS = [
     ("points not a list", set_field("points", "lr"), "points"),
     ("a point not an object", lambda p: p["points"].__setitem__(1, [0.2]), "points[1]"),

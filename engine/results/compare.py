@@ -17,7 +17,7 @@ compared without changes here. A field one file lacks counts as null.
 Files are data, checked before use: every field compare uses must have the right type
 and a finite value in range (a boolean is not a number; accuracies are fractions in
 0..1, seconds in 0..MAX_SECONDS; runs a list of objects; a sweep's runs name a point it
-has), and every set-up number must be finite; a file over MAX_BYTES, not UTF-8 JSON,
+has), and every set-up number must be finite (nested at most MAX_DEPTH); a file over MAX_BYTES, not UTF-8 JSON,
 not an object, or not a regular file is refused. A bad file stops the comparison with
 one line naming the file and the field. The same file named twice (or reached twice,
 through a folder or a link) is compared once, with a note; in a folder, hidden files,
@@ -47,6 +47,7 @@ from engine.results.student_t import t_cdf, t_quantile
 
 MAX_BYTES = 100 * 2 ** 20          # a larger file is refused before it is read
 MAX_SECONDS = 1e9                  # about 31 years: no run's time
+MAX_DEPTH = 32                     # lists and objects in a set-up field nest at most this deep
 # (key in a run record, what the text calls it, scale for printing, unit of a value, unit of a difference)
 MEASURES = (("ema_accuracy", "accuracy", 100.0, "%", " points"),
             ("train_seconds", "training s", 1.0, " s", " s"),
@@ -139,28 +140,30 @@ def _number(path: str, field: str, value, high: float, what: str) -> float | Non
     return number
 
 
-def _require_finite(path: str, field: str, value):
-    """Every number in a set-up value (lists and objects included) finite."""
+def _require_finite(path: str, field: str, value, depth: int = 0):
+    """Every number in a set-up value (lists and objects included) finite; nested at most MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        _bad(path, field, f"is nested more than {MAX_DEPTH} deep")
     if isinstance(value, float) and not math.isfinite(value):
         _bad(path, field, f"must be a finite number, got {_brief(value)}")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1023:
         _bad(path, field, f"must be a number a float can hold, got {_brief(value)}")
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _require_finite(path, f"{field}[{index}]", item)
+            _require_finite(path, f"{field}[{index}]", item, depth + 1)
     if isinstance(value, dict):
         for key, item in value.items():
-            _require_finite(path, f"{field}.{key}", item)
+            _require_finite(path, f"{field}.{shown(key)}", item, depth + 1)
 
 
-def _flatten(path: str, fields: dict, where: str = "", prefix: str = "") -> dict:
+def _flatten(path: str, fields: dict, where: str = "", prefix: str = "", depth: int = 0) -> dict:
     """{dotted key: value} of `fields`, objects flattened; `where` prefixes field names in errors."""
     flat = {}
     for key, value in fields.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(path, value, f"{where}{key}.", f"{prefix}{key}."))
+        if isinstance(value, dict) and depth < MAX_DEPTH:
+            flat.update(_flatten(path, value, f"{where}{key}.", f"{prefix}{key}.", depth + 1))
         else:
-            _require_finite(path, shown(where + key), value)
+            _require_finite(path, shown(where + key), value, depth)
             flat[prefix + key] = value
     return flat
 
@@ -356,6 +359,8 @@ def load_entries(paths: list[str], output: str | None = None) -> tuple[list[dict
 
 def _canonical(value):
     """A value to compare set-ups by: numbers by value (10 == 10.0), a boolean never a number."""
+    if value is NOT_RECORDED:
+        return "NoneType", None
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return type(value).__name__, value
     if isinstance(value, (int, float)):
@@ -365,18 +370,23 @@ def _canonical(value):
     return "object", tuple(sorted((key, _canonical(item)) for key, item in value.items()))
 
 
+NOT_RECORDED = object()          # a set-up field a file lacks: compared as null, shown as such
+
+
 def _value_text(value) -> str:
+    if value is NOT_RECORDED:
+        return "not recorded"
     return "none" if value is None else shown(value) if isinstance(value, str) else _brief(value)
 
 
 def setup_warnings(entries: list[dict]) -> list[str]:
     """One warning per set-up field in which the entries differ (a field one lacks counts as
-    null): the named fields (SETUP) first, then the others in the order they first appear."""
+    null, shown "not recorded"): the named fields (SETUP) first, then the others in the order they first appear."""
     named = dict(SETUP)
     keys = list(named) + [key for entry in entries for key in entry["setup"] if key not in named]
     warnings = []
     for key in dict.fromkeys(keys):
-        values = [entry["setup"].get(key) for entry in entries]
+        values = [entry["setup"].get(key, NOT_RECORDED) for entry in entries]
         if len({_canonical(value) for value in values}) > 1:
             listed = "; ".join(f"[{index}] {_value_text(value)}" for index, value in enumerate(values))
             what = named.get(key) or ("settings: " if key.startswith("config.") else "") + shown(key)
