@@ -101,6 +101,9 @@ def test_a_huge_integer_literal_and_an_overflowing_float_literal_are_refused(tmp
     text = json.dumps(payload_of()).replace('"train_seconds": 3.0', '"train_seconds": 1e999')
     bad = write(tmp_path / "bad.json", text)
     assert "runs[0].train_seconds " in refused(["compare", good, bad], capsys).replace(bad, "")
+    text = json.dumps(payload_of()).replace('"epochs": 10', '"epochs": ' + "9" * 5000)   # past int()'s 4300 digits
+    bad = write(tmp_path / "bad.json", text)
+    assert "config.epochs " in refused(["compare", good, bad], capsys).replace(bad, "")
 
 
 def test_a_setting_nested_deeper_than_any_result_is_refused_naming_it(tmp_path, capsys):
@@ -112,6 +115,7 @@ def test_a_setting_nested_deeper_than_any_result_is_refused_naming_it(tmp_path, 
 
 SWEEP_FIELDS = [
     ("points not a list", set_field("points", "lr"), "points"),
+    ("points an empty object", set_field("points", {}), "points"),
     ("a point not an object", lambda p: p["points"].__setitem__(1, [0.2]), "points[1]"),
     ("settings not an object", lambda p: p["points"][0].__setitem__("settings", "lr=0.1"), "points[0].settings"),
     ("a run's point out of range", set_run(3, "point", 2), "runs[3].point"),
@@ -271,3 +275,17 @@ def test_the_engines_earlier_result_files_are_still_read(capsys):
     text = capsys.readouterr().out
     assert "[2] " in text and "accuracy    mean 90.88%" in text
     assert "warning: measured on different recipes (" in text
+
+
+def test_a_reader_that_goes_away_ends_the_printing_not_the_command(tmp_path):
+    a = write(tmp_path / "a.json", payload_of())
+    b = write(tmp_path / "b.json", payload_of(accuracies=(0.95, 0.96)))
+    read, written = os.pipe()
+    os.close(read)                                       # `compare ... | head -0`: every write meets a closed pipe
+    try:
+        result = subprocess.run([sys.executable, "run.py", "compare", a, b, "--json", str(tmp_path / "c.json")],
+                                cwd=ROOT, stdout=written, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(written)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["entries"][1]["runs"] == 2

@@ -116,7 +116,9 @@ def _brief(value) -> str:
 
 
 def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), "a number") + f" ({_brief(value)})"
 
 
@@ -236,7 +238,7 @@ def entries_of(path: str, payload) -> list[dict]:
     complete = payload.get("complete", True)          # files of earlier versions have no "complete"
     if not isinstance(complete, bool):
         _bad(path, "complete", f"must be true or false, got {_kind(complete)}")
-    points = payload.get("points") or []
+    points = [] if payload.get("points") is None else payload["points"]       # [] or none: not a sweep
     if not isinstance(points, list):
         _bad(path, "points", f"must be a list of the sweep's points (objects), got {_kind(points)}")
     for index, point in enumerate(points):
@@ -315,6 +317,14 @@ def result_files(paths: list[str], output: str | None = None) -> tuple[list[tupl
     return files, notes
 
 
+def _integer(text: str):
+    """A JSON integer; one of more digits than a float's range (which Python's int() would
+    refuse past 4300) as an infinite float, refused as not finite where it is used."""
+    if len(text.lstrip("-")) > 309:
+        return -math.inf if text.startswith("-") else math.inf
+    return int(text)
+
+
 def read_json(path: str):
     """The JSON in the file at `path` (at most MAX_BYTES of UTF-8); CompareError naming the file."""
     try:
@@ -329,7 +339,7 @@ def read_json(path: str):
         raise CompareError(f"{shown(path)} is larger than {MAX_BYTES // 2 ** 20} MiB ({max(size, len(data))} "
                            f"bytes): not a result file of `run.py --json`")
     try:
-        return json.loads(data.decode("utf-8-sig"))
+        return json.loads(data.decode("utf-8-sig"), parse_int=_integer)
     except UnicodeDecodeError as error:
         raise CompareError(f"{shown(path)} is not JSON (not UTF-8 text: byte {error.start}); give result files "
                            f"of `run.py --json`") from None
@@ -487,6 +497,17 @@ def refuse_result_as_output(path: str):
                            f"result: give the comparison another path")
 
 
+def _print(text: str):
+    """Print to stdout; a reader that went away (`compare ... | head -1`) ends the printing,
+    not the command (--json is still written)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())       # later prints and the flush at exit go nowhere, quietly
+        os.close(devnull)
+
+
 def compare_main(argv, prog: str = "run.py") -> int:
     """`run.py compare ...`: 0 when the comparison is printed (and written), 2 for bad input
     (one line), 1 when --json could not be written."""
@@ -507,7 +528,7 @@ def compare_main(argv, prog: str = "run.py") -> int:
             raise CompareError(f"compare needs two or more results to compare; got {len(entries)} (the same file "
                                f"was given more than once)")
         result = compare(entries)
-        print(format_comparison(result, notes), flush=True)
+        _print(format_comparison(result, notes))
         if args.json is not None:
             def dump(file):
                 json.dump(result, file, indent=2, allow_nan=False)
@@ -519,7 +540,7 @@ def compare_main(argv, prog: str = "run.py") -> int:
                 print(f"{parser.prog}: error: could not write {shown(args.json)} ({error}); the comparison is printed "
                       f"above", file=sys.stderr)
                 return 1
-            print(f"wrote {shown(args.json)}")
+            _print(f"wrote {shown(args.json)}")
     except CompareError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
