@@ -146,6 +146,7 @@ BAD_FILES = [
     ("nested too deeply", lambda p: p.write_text('{"runs": [], "config": ' + "[" * 100_000 + "]" * 100_000 + "}"),
      "nested too deeply"),
     ("a FIFO", make_fifo, "not a regular file"),
+    ("a folder without results", lambda p: (p.mkdir(), (p / "inner.json").mkdir()), "a folder with no .json files"),
     ("missing", lambda p: None, "no such file or folder"),
 ]
 
