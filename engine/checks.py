@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 import resource
 
 import numpy as np
 import torch
 
 from engine.options import DTYPE_NAMES
+from engine.plain_checks import require_path, require_type     # noqa: F401 (torch-free; offered here too)
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}     # --dtype's names (engine/options.py)
 SEED_RANGE = (0, 2**64 - 1)          # what torch.manual_seed and numpy's generators both accept
@@ -31,18 +31,6 @@ SYNTHETIC_DEVICE_BYTES_PER_IMAGE = 60_000
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def require_type(name: str, value, types, what: str):
-    """TypeError unless isinstance(value, types); `what` says what `name` should be."""
-    if not isinstance(value, types):
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r:.80}")
-
-
-def require_path(name: str, value) -> str:
-    """A str or os.PathLike (pathlib.Path) as a str; TypeError otherwise."""
-    require_type(name, value, (str, os.PathLike), "a path (str or pathlib.Path)")
-    return os.fspath(value)
 
 
 def require_images(name: str, images):

@@ -1,7 +1,8 @@
 """The front door: `python run.py ...` and the `cifar-speedrun` command.
 
 A request for help is answered from the torch-free parsers (engine/options.py), at
-once; everything else goes to the program itself (engine/cli.py), which imports torch.
+once; `compare` (engine/results/compare.py) reads JSON only and runs without torch;
+everything else goes to the program itself (engine/cli.py), which imports torch.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ SUBCOMMANDS = ("evaluate", "convert", "compare")
 def main(argv=None, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or program_name(sys.argv[0])
+    if argv[:1] == ["compare"]:
+        from engine.results.compare import compare_main
+        return compare_main(argv[1:], prog)
     options = argv[:argv.index("--")] if "--" in argv else argv
     if any(flag in options for flag in HELP_FLAGS):
         subcommand = argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else None
@@ -32,7 +36,4 @@ def help_parser(subcommand: str | None, prog: str):
         return build_evaluate_parser(prog)
     if subcommand == "convert":
         return build_convert_parser(prog)
-    if subcommand == "compare":
-        from engine.results.compare import build_compare_parser      # torch-free as well
-        return build_compare_parser(prog)
     return build_parser(prog)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from typing import Callable
 
-from engine.checks import require_path
+from engine.plain_checks import require_path      # torch-free: compare writes with atomic_write
 
 
 class OutputError(ValueError):

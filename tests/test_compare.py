@@ -1,5 +1,6 @@
 """`run.py compare`: Welch's t-test against closed forms and printed tables, and the
-command on hand-made result files (no training)."""
+command on hand-made result files (no training): without torch, a warning for every
+difference in set-up, differences in points. Hostile files: test_compare_hostile.py."""
 import json
 import math
 import statistics
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.command import main
 from engine.results.compare import compare, entries_of, welch
 from engine.results.student_t import t_quantile
 
@@ -80,7 +81,8 @@ def test_compare_prints_each_file_and_the_difference_and_writes_json(tmp_path, c
     assert "accuracy    mean 94.00%" in text and "accuracy    mean 94.50%" in text
     expected = welch([0.940, 0.942, 0.938], [0.945, 0.947, 0.943])
     low, high = expected["interval"]
-    assert f"+0.50% (95% CI {100 * low:+.2f}% .. {100 * high:+.2f}%, p {expected['p_value']:.3g})" in text
+    assert (f"accuracy    +0.50 points (95% CI {100 * low:+.2f} points .. {100 * high:+.2f} points, "
+            f"p {expected['p_value']:.3g})") in text
     assert "training s  -0.50 s" in text
     assert "warning" not in text
     saved = json.loads(out.read_text())
@@ -96,7 +98,8 @@ def test_compare_warns_about_different_devices_dtypes_versions_and_unfinished_fi
     text = capsys.readouterr().out
     for what in ("devices", "dtypes", "torch versions", "data"):
         assert f"warning: measured on different {what} (" in text
-    assert f"warning: {b} is not complete" in text
+    assert "warning: measured on different devices ([0] NVIDIA H200; [1] NVIDIA A100)" in text
+    assert f"warning: [1] {b} is not complete" in text
 
 
 def test_a_folder_stands_for_its_json_files_and_a_sweep_for_its_points(tmp_path, capsys):
@@ -119,16 +122,14 @@ def test_a_folder_stands_for_its_json_files_and_a_sweep_for_its_points(tmp_path,
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: None, "no such file or folder"),
-    (lambda p: p.write_text("{not json"), "cannot read"),
-    (lambda p: p.write_text('{"a": 1}'), "is not a result file of `run.py --json`"),
+    (lambda p: p.write_text("{not json"), "is not JSON"),
+    (lambda p: p.write_text('{"a": 1}'), "no list of runs: not a result file of `run.py --json`"),
 ])
 def test_bad_result_files_get_one_line_errors(tmp_path, capsys, make, message):
     bad = tmp_path / "bad.json"
     make(bad)
     good = result_file(tmp_path / "good.json", [0.9, 0.91], [1.0, 1.1])
-    with pytest.raises(SystemExit) as exit_:
-        main(["compare", good, str(bad)])
-    assert exit_.value.code == 2
+    assert main(["compare", good, str(bad)]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -141,8 +142,80 @@ def test_compare_needs_two_results_and_never_writes_over_one(tmp_path, capsys):
     assert "the same file as RESULT" in capsys.readouterr().err
 
 
-def test_compare_reads_json_without_importing_torch():
-    code = ("import sys; from engine.results.compare import compare_main; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+def test_compare_from_run_py_never_imports_torch(tmp_path):
+    a = result_file(tmp_path / "a.json", [0.94, 0.95], [3.0, 3.2])
+    b = result_file(tmp_path / "b.json", [0.95, 0.96], [3.0, 3.2])
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['run.py', 'compare', {a!r}, {b!r}, '--json', {str(tmp_path / 'c.json')!r}]\n"
+            "try:\n    runpy.run_path('run.py', run_name='__main__')\n"
+            "except SystemExit as exit_:\n    code = exit_.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "sys.exit(code)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "[1] - [0]" in result.stdout and (tmp_path / "c.json").is_file()
+
+
+def test_help_shows_a_plain_percent_sign(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "95% interval" in " ".join(text.split()) and "%%" not in text
+
+
+# One field each, as the engine records it (the train/test subset in "data", settings in "config"):
+# each difference must be named by exactly one warning.
+DIFFERENCES = [
+    ({"recipe": "airbench94-muon"}, "measured on different recipes ([0] seed; [1] airbench94-muon)"),
+    ({"config": {"epochs": 10, "lr": 0.4}}, "measured with different settings: config.lr ([0] 0.2; [1] 0.4)"),
+    ({"config": {"epochs": 2, "lr": 0.2}}, "measured on different epochs ([0] 10; [1] 2)"),
+    ({"data": {"train_subset": 1000, "test_subset": None}},
+     "measured with different data.train_subset ([0] none; [1] 1000)"),
+    ({"data": {"train_subset": None, "test_subset": 500}},
+     "measured with different data.test_subset ([0] none; [1] 500)"),
+    ({"data_source": "synthetic"}, "measured on different data ([0] CIFAR-10 (JPEG copy); [1] synthetic)"),
+    ({"device": "NVIDIA A100"}, "measured on different devices ([0] NVIDIA H200; [1] NVIDIA A100)"),
+    ({"dtype": "bfloat16"}, "measured on different dtypes ([0] float16; [1] bfloat16)"),
+    ({"kernels": "eager"}, "measured on different kernels ([0] triton; [1] eager)"),
+    ({"torch": "2.11.0"}, "measured on different torch versions ([0] 2.14.1; [1] 2.11.0)"),
+    ({"triton": "3.6.0"}, "measured on different triton versions ([0] 3.8.0; [1] 3.6.0)"),
+    ({"python": "3.11.7"}, "measured on different python versions ([0] 3.12.1; [1] 3.11.7)"),
+    ({"git_commit": "def"}, "measured on different engine versions (git commit) ([0] abc; [1] def)"),
+    ({"compile": True}, "measured with different compile ([0] false; [1] true)"),
+    ({"new_field_of_a_later_engine": [1, 2]},
+     "measured with different new_field_of_a_later_engine ([0] not recorded; [1] [1, 2])"),
+]
+
+
+@pytest.mark.parametrize("changed, warning", DIFFERENCES, ids=[warning.split(" (")[0] for _, warning in DIFFERENCES])
+def test_compare_warns_for_every_difference_in_set_up(tmp_path, capsys, changed, warning):
+    common = {"python": "3.12.1", "compile": False, "config": {"epochs": 10, "lr": 0.2},
+              "data": {"train_subset": None, "test_subset": None}}
+    a = result_file(tmp_path / "a.json", [0.94, 0.95], [3.0, 3.2], **common)
+    b = result_file(tmp_path / "b.json", [0.94, 0.95], [3.0, 3.2], **{**common, **changed})
+    assert main(["compare", a, b]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {warning}"]
+
+
+def test_the_same_set_up_recorded_differently_is_no_difference(tmp_path, capsys):
+    a = result_file(tmp_path / "a.json", [0.94, 0.95], [3.0, 3.2], config={"epochs": 10}, data={"train_subset": None})
+    b = result_file(tmp_path / "b.json", [0.94, 0.95], [3.0, 3.2], config={"epochs": 10.0}, date="2026-12-03",
+                    note="rerun", compile_seconds=12.0)                   # 10 == 10.0; a missing field counts as null
+    assert main(["compare", a, b]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_points_of_a_sweep_differ_in_their_own_settings(tmp_path, capsys):
+    sweep = result_file(tmp_path / "sweep.json", [0.93, 0.94, 0.95, 0.96], [3.0, 3.1, 3.0, 3.1],
+                        config={"epochs": 10, "lr": 0.1},
+                        points=[{"settings": {"lr": 0.1}, "recipe": "seed", "config": {"epochs": 10, "lr": 0.1}},
+                                {"settings": {"lr": 0.2}, "recipe": "seed", "config": {"epochs": 10, "lr": 0.2}}])
+    payload = json.loads(Path(sweep).read_text())
+    for i, run in enumerate(payload["runs"]):
+        run["point"] = i // 2
+    Path(sweep).write_text(json.dumps(payload))
+    assert main(["compare", sweep]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: measured with different settings: config.lr ([0] 0.1; [1] 0.2)"]
