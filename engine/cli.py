@@ -12,7 +12,7 @@ import torch
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.results.checkpoint import CheckpointError, load_checkpoint
 from engine.checks import DTYPES, dtype_name, require_network_fits, require_seeds, require_synthetic_fits
-from engine.training.data import DataError, convert, load_cifar10
+from engine.training.data import DataError, convert, load_cifar10, take_subset
 from engine.results.distributed import PeersMissing, World, barrier, finish, start, world_from_env
 from engine.errors import explain
 from engine.training.ops import make_ops
@@ -179,6 +179,11 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
+        data = take_subset(data, args.train_subset, args.test_subset, seed=args.seed)
+    except DataError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    try:
         configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
         for config in configs:
             require_network_fits(config, device, dtype)
@@ -214,14 +219,17 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
         show.print(warmup_note)
     if device.type == "cpu" and world.main and not args.quiet:
         print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points)), flush=True)
+    data_record = {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed,
+                   "train_subset": args.train_subset, "test_subset": args.test_subset}
     context = {
-        **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "data": data_record,
+        "dtype": dtype_name(dtype),
         "kernels": kernels,
         "compile": args.compile, "compile_mode": compile_mode if args.compile else None,
         "deterministic": args.deterministic, "config": config.to_dict(), **environment(device),
     }
     checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels, "compile": args.compile,
-                         "data": {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed}}
+                         "data": data_record}
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
@@ -323,6 +331,8 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
         if data_key not in datasets:
             datasets[data_key] = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
         data = datasets[data_key]
+        if recorded.get("test_subset") and data_name == recorded.get("data"):   # the part it was measured on
+            data = take_subset(data, None, recorded["test_subset"], seed=data_seed)
     except DataError as error:
         relative = "" if os.path.isabs(data_name) or data_name == "synthetic" else \
             f", a path relative to the folder {path} was trained in"

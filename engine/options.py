@@ -152,6 +152,20 @@ def positive_number(text: str):
     return value
 
 
+SUBSET_MIN = 10     # --train-subset and --test-subset: one image of each CIFAR-10 class
+
+
+def subset_size(text: str) -> int:
+    """--train-subset / --test-subset: a whole number of images, at least one per class."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of images, got {text}") from None
+    if value < SUBSET_MIN:
+        raise argparse.ArgumentTypeError(f"must be at least {SUBSET_MIN} (one image per class), got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -195,6 +209,12 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
     g.add_argument("--synthetic-size", type=positive_int, default=None,
                    help=f"training images of --data synthetic; test images are a fifth (default {SYNTHETIC_SIZE})")
+    g.add_argument("--train-subset", type=subset_size, default=None, metavar="N",
+                   help="train on N of the training images, stratified by class (each class keeps its share), "
+                        "drawn by --seed; recorded in the JSON (default: all). With --test-subset: a small real "
+                        "run on the CPU")
+    g.add_argument("--test-subset", type=subset_size, default=None, metavar="N",
+                   help="measure on N of the test images, drawn the same way (default: all)")
     g = p.add_argument_group("device and speed")
     g.add_argument("--device", default=None,
                    help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")

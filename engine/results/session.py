@@ -477,7 +477,7 @@ class Session:
 
     def summary_text(self, payload: dict) -> str:
         return format_summary(payload["summary"], self.data_source, payload["device"], reported_as(self.config),
-                              learned_nothing_hint(self.config))
+                              learned_nothing_hint(self.config), asked=self.runs)
 
     def report(self, processes: list) -> bool:
         """Print the summary, write the JSON and the plot, from every process's runs in run

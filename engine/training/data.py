@@ -197,6 +197,48 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
                    f"synthetic ({train_size} train images, seed {seed})", synthetic=True)
 
 
+def stratified_indices(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` indices into `labels`, in their original order, with each class's share of
+    them as close as can be to its share of `labels` (largest remainders), drawn at random
+    within each class by `rng`."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / len(labels)
+    taken = np.floor(exact).astype(np.int64)
+    by_remainder = np.argsort(-(exact - taken), kind="stable")
+    taken[by_remainder[:size - taken.sum()]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:count] for label, count in zip(classes, taken)]
+    return np.sort(np.concatenate(chosen))
+
+
+def take_subset(data: Cifar10, train: int | None = None, test: int | None = None, seed: int = 0) -> Cifar10:
+    """`data` with `train` of its training images and `test` of its test images (None: all),
+    stratified by class (each class keeps its share) and drawn by `seed`: the same numbers
+    and seed give the same images. DataError when a split has fewer images than asked, or
+    when a part is too small to hold one image of each class present."""
+    arrays, named = {}, []
+    for split, size, option in (("train", train, "--train-subset"), ("test", test, "--test-subset")):
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if size is None or size == len(labels):
+            arrays[split] = (images, labels)
+            continue
+        if size > len(labels):
+            raise DataError(f"{option} {size} is more than the {len(labels)} {split} images of {data.source}; "
+                            f"give at most {len(labels)}, or leave {option} out to use them all.")
+        present = len(np.unique(labels))
+        if size < present:
+            raise DataError(f"{option} {size} cannot hold one image of each of the {present} classes of "
+                            f"{data.source}; give at least {present}.")
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        chosen = stratified_indices(labels, size, rng)
+        arrays[split] = (images[chosen], labels[chosen])
+        named.append(f"{split} {size} of {len(labels)}")
+    if not named:
+        return data
+    return Cifar10(*arrays["train"], *arrays["test"],
+                   f"{data.source}, part: {', '.join(named)} (stratified, seed {seed})",
+                   synthetic=data.synthetic, classes=data.classes)
+
+
 # ---- on the device ----
 
 def normalize(images_uint8: np.ndarray, device, dtype, mean, std) -> torch.Tensor:
