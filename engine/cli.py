@@ -190,6 +190,10 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     except (ValueError, TypeError) as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
+    if world.main:
+        for note in dict.fromkeys(shortened_ema(args, config, point.settings) for point, config in zip(points, configs)):
+            if note:
+                print(f"{parser.prog}: warning: {note}", file=sys.stderr, flush=True)
     if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
     compile_mode = args.compile_mode or "default"
@@ -218,7 +222,9 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     if warmup_note and len(points) == 1:
         show.print(warmup_note)
     if device.type == "cpu" and world.main and not args.quiet:
-        print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points)), flush=True)
+        given = [option for option, (field, *_) in OVERRIDES.items() if getattr(args, field) is not None]
+        given += ["--train-subset"] if args.train_subset else []
+        print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points), given), flush=True)
     data_record = {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed,
                    "train_subset": args.train_subset, "test_subset": args.test_subset}
     context = {
@@ -241,14 +247,35 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     return session.run()
 
 
-def cpu_estimate(step_seconds: float, config, runs: int) -> str:
-    """What a CPU run will take, said before it starts (from a few timed steps)."""
+def cpu_estimate(step_seconds: float, config, runs: int, given: tuple = ()) -> str:
+    """What a CPU run will take, said before it starts (from a few timed steps); for a long
+    one, the options that would shorten it, leaving out those already `given` (option names)."""
     minutes = step_seconds * config.total_steps / 60
     line = (f"on this CPU: about {step_seconds:.2g} s per step, so about {minutes:.3g} min of training per run"
             + (f", {runs * minutes:.3g} min for all {runs}" if runs > 1 else "") + " (evaluations extra)")
     if minutes > 10:
-        line += "; --base-width 16 and fewer --epochs make quick CPU runs, a GPU the real ones"
+        quicker = [*(["--base-width 16"] if getattr(config, "base_width", 0) > 16 else []),
+                   *(["fewer --epochs"] if "--epochs" not in given else []),
+                   *(["--train-subset 5000 --test-subset 1000"] if "--train-subset" not in given else [])]
+        line += (f"; {', '.join(quicker[:-1])}{' and ' if len(quicker) > 1 else ''}{quicker[-1]} make quick "
+                 f"CPU runs, a GPU the real ones" if quicker else "; a GPU makes the real runs")
     return line
+
+
+def shortened_ema(args, config, settings: dict) -> str | None:
+    """A note, said before training, when --epochs left the recipe's EMA fewer epochs than
+    its own (no EMA at all below ema_epochs + 1 epochs); None when it did not."""
+    own = getattr(type(config), "ema_epochs", None)
+    if not isinstance(own, int) or args.ema_epochs is not None or "ema_epochs" in settings:
+        return None
+    if config.ema_epochs >= own:
+        return None
+    if config.has_ema:
+        return (f"--epochs {config.epochs} shortens the recipe's EMA from its last {own} epochs to the last "
+                f"{config.ema_epochs}; --epochs {own + 1} or more keep it whole, --ema-epochs sets its length")
+    return (f"--epochs {config.epochs} leaves no room for the recipe's EMA (its last {own} epochs, after the "
+            f"learning-rate schedule): no EMA network is trained and the run reports the trained network's "
+            f"accuracy; --epochs {own + 1} or more keep the EMA")
 
 
 def checkpoint_paths(given: list[str]) -> list[str]:

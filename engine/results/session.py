@@ -119,10 +119,24 @@ def reported_as(config) -> str:
     return "accuracy"
 
 
+FEW_STEPS = 100             # a run of fewer training steps may simply not have trained long enough
+
+
 def learned_nothing_hint(config) -> str:
-    """What the summary tells to check when runs learned nothing: --lr where the recipe has it."""
-    return "check --lr and the data" if "lr" in type(config).field_names() else \
-        "check the learning rates (--set NAME=VALUE) and the data"
+    """What the summary tells to check when runs learned nothing: a run too short to learn,
+    a learning rate other than the recipe's (--lr where the recipe has it), the data. An
+    option already given is named with its value, as the thing to change back or raise."""
+    cls, hints = type(config), []
+    if config.total_steps < FEW_STEPS:
+        epochs = f"raise --epochs from {config.epochs}" if config.epochs != cls.epochs else "give more --epochs"
+        hints.append(f"it trained only {config.total_steps} steps: {epochs} or train on more images")
+    if "lr" not in cls.field_names():
+        hints.append("check the learning rates (--set NAME=VALUE)")
+    elif config.lr != cls.lr:
+        hints.append(f"the --lr given ({config.lr:.4g}) is not the recipe's ({cls.lr:.4g}): try without it")
+    else:
+        hints.append("check --lr")
+    return "; ".join(hints) + "; check the data"
 
 
 def final_line(result, config, reason: str | None) -> str:
