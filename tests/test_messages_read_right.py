@@ -70,3 +70,61 @@ def test_the_cpu_estimate_suggests_only_what_was_not_given():
         "; --train-subset 5000 --test-subset 1000 make quick CPU runs, a GPU the real ones")
     assert cpu_estimate(30.0, small, 1, given=["--base-width", "--epochs", "--train-subset"]).endswith(
         "; a GPU makes the real runs")
+
+
+# ---- plots ----
+
+def run_record(seed: int, accuracy: float, epochs: int = 2) -> dict:
+    rows = [{"epoch": e + 1, "train_loss": 2.0 - e / 2, "train_accuracy": 0.3, "val_accuracy": accuracy - 0.01,
+             "ema_val_accuracy": None if e < epochs - 1 else accuracy, "seconds": 1.0} for e in range(epochs)]
+    return {"seed": seed, "status": "ok", "ema_accuracy": accuracy, "train_seconds": 3.0 + seed,
+            "total_seconds": 4.0 + seed, "epochs": rows}
+
+
+def legend_labels(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [text.get_text() for text in legend.get_texts()] if legend else []
+
+
+def all_text(ax) -> str:
+    return " ".join(text.get_text() for text in ax.texts)
+
+
+def test_the_94_line_is_in_a_legend_only_where_it_is_on_the_axis():
+    pytest.importorskip("matplotlib")
+    from engine.results.plots import draw_runs
+    below = draw_runs([run_record(s, 0.60 + s / 100) for s in range(3)])
+    for ax in below.axes[1:4]:
+        assert not any("94%" in label for label in legend_labels(ax))
+    assert "(the 94% target is right of this axis)" in below.axes[3].get_title()
+    assert "(the 94% target is above this axis)" in below.axes[1].get_title()
+    near = draw_runs([run_record(s, 0.935 + s / 100) for s in range(3)])
+    histogram = near.axes[3]
+    assert "94% target" in legend_labels(histogram)
+    low, high = histogram.get_xlim()
+    assert low <= 94 <= high
+
+
+def test_one_run_draws_no_histogram_and_no_flat_axis():
+    pytest.importorskip("matplotlib")
+    from engine.results.plots import draw_runs
+    figure = draw_runs([run_record(0, 0.6123)])
+    spread = figure.axes[3]
+    assert not spread.patches and not spread.axison                  # no one-bar histogram
+    assert "61.23%" in all_text(spread) and "no spread" in all_text(spread)
+    for ax in figure.axes:
+        if ax.axison:
+            (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+            assert x1 - x0 >= 0.5 and y1 - y0 > 0.01
+    assert figure.axes[4].get_ylim()[0] == 0
+
+
+def test_the_plot_title_names_the_recipe_and_the_runs_asked(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from engine.results import plots
+    titles, draw = [], plots.draw_runs
+    monkeypatch.setattr(plots, "draw_runs", lambda runs, title="": titles.append(title) or draw(runs, title))
+    untrained_runs(monkeypatch, [])
+    cli.main([*SMALL, "--epochs", "3", "--recipe", "seed", "--plot", str(tmp_path / "runs.png"), "--quiet"])
+    assert titles and titles[0].startswith("recipe seed | synthetic (512 train images, seed 0) | ")
+    assert titles[0].endswith("| 1 run(s)")

@@ -523,7 +523,9 @@ class Session:
                       file=sys.stderr, flush=True)
         if self.outputs.plot and not (aside and os.path.exists(self.outputs.plot)):   # else: the earlier one's
             from engine.results.plots import plot_runs
-            title = f"{self.data_source} | {payload['device']} | {len(runs)} run(s)"
+            asked = f" of {self.runs}" if len(runs) != self.runs else ""
+            recipes = (payload.get("sweep") or {}).get("recipes") or [payload.get("recipe") or self.config.recipe]
+            title = f"recipe {', '.join(recipes)} | {self.data_source} | {payload['device']} | {len(runs)}{asked} run(s)"
             path, message = write_or_rescue(lambda target: plot_runs(runs, target, title=title), self.outputs.plot,
                                             "the plot")
             if path == self.outputs.plot:
