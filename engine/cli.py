@@ -17,10 +17,10 @@ from engine.results.distributed import PeersMissing, World, barrier, finish, sta
 from engine.errors import explain
 from engine.training.ops import make_ops
 from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, build_evaluate_parser, build_parser,
-                            program_name)
+                            pointless_data_flags, pointless_flags, program_name)
 from engine.outputs import OutputError, OutputLocks
 from engine.results.plots import require_matplotlib
-from engine.results.progress import Progress
+from engine.results.progress import Progress, Ticker
 from engine.recipe_files import find_recipe
 from engine.results.report import device_name, environment
 from engine.results.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
@@ -54,24 +54,6 @@ def resolve_device(parser, name: str | None, world: World = World()) -> torch.de
 def data_input(data: str | None) -> list[tuple[str, str]]:
     """--data as an input that no output may overwrite (none for synthetic data)."""
     return [("--data", data)] if data and data != "synthetic" else []
-
-
-def pointless_data_flags(data: str, download: bool, synthetic_only: dict) -> list[str]:
-    """Data flags that would do nothing for `data`. synthetic_only: {flag: value or None when
-    not given} of the flags that only apply to synthetic data."""
-    problems = [f"{flag} only applies to --data synthetic, not {data}; drop it"
-                for flag, value in synthetic_only.items() if value is not None and data != "synthetic"]
-    if download and (data == "synthetic" or data.lower().endswith(".npz")):
-        problems.append(f"--download only fetches CIFAR-10 into a directory, not for --data {data}; drop it")
-    return problems
-
-
-def pointless_flags(args) -> list[str]:
-    """Flags that would do nothing with the others given: refused, never silently ignored."""
-    problems = pointless_data_flags(args.data, args.download, {"--synthetic-size": args.synthetic_size})
-    if args.compile_mode is not None and not args.compile:
-        problems.append("--compile-mode has no effect without --compile; add --compile or drop --compile-mode")
-    return problems
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -117,6 +99,8 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         except ImportError as error:
             parser.error(str(error))
     device = resolve_device(parser, args.device, world)
+    if args.device is None and device.type == "cpu" and world.main:
+        print(f"{parser.prog}: {no_gpu_note(args)}", file=sys.stderr, flush=True)
     outputs, seeds = Outputs(args.json, args.save, args.plot), range(args.seed, args.seed + args.runs)
     sweep = len(points) if len(points) > 1 else 0
     try:     # every output, before any work
@@ -212,7 +196,10 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     try:
         setups = Setups(data, make_ops(kernels), device, dtype, args.compile, compile_mode,
                         warm_up=device.type == "cuda" or args.compile)
-        trainer, train, test, warmup_note = setups.get(config)
+        doing = ("compiling the training and evaluation steps (torch.compile) on a short warm-up run"
+                 if args.compile else "warming up (a short run that lets cuDNN choose its algorithms)")
+        with Ticker(doing, quiet=args.quiet or not world.main or not setups.warm_up):
+            trainer, train, test, warmup_note = setups.get(config)
     except Exception as error:
         message = explain(error, config, args.compile)
         if message is None:
@@ -245,6 +232,16 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     else:
         session = Session(trainer, train, test, runs=args.runs, **common)
     return session.run()
+
+
+def no_gpu_note(args) -> str:
+    """What a command that found no GPU will do instead, said first (before any data error)."""
+    dtype, kernels = args.dtype or "float32", args.kernels or "eager"
+    compiled = (" (--compile: torch.compile compiles for the CPU first, which takes minutes; the time is "
+                "shown as it goes)" if args.compile else "")
+    return (f"no CUDA GPU here: training runs on the CPU, {dtype} with {kernels} kernels{compiled}. A full-size "
+            f"run takes hours on a CPU (an estimate follows once the data is loaded); --train-subset 5000 "
+            f"--test-subset 1000 --base-width 16 make a small real run. (--device cpu: the same without this note)")
 
 
 def cpu_estimate(step_seconds: float, config, runs: int, given: tuple = ()) -> str:

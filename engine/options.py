@@ -309,3 +309,20 @@ def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     return p
 
 
+# --------------------------------------------------------------------------- checks before torch loads
+def pointless_data_flags(data: str, download: bool, synthetic_only: dict) -> list[str]:
+    """Data flags that would do nothing for `data`. synthetic_only: {flag: value or None when
+    not given} of the flags that only apply to synthetic data."""
+    problems = [f"{flag} only applies to --data synthetic, not {data}; drop it"
+                for flag, value in synthetic_only.items() if value is not None and data != "synthetic"]
+    if download and (data == "synthetic" or data.lower().endswith(".npz")):
+        problems.append(f"--download only fetches CIFAR-10 into a directory, not for --data {data}; drop it")
+    return problems
+
+
+def pointless_flags(args) -> list[str]:
+    """Flags that would do nothing with the others given: refused, never silently ignored."""
+    problems = pointless_data_flags(args.data, args.download, {"--synthetic-size": args.synthetic_size})
+    if args.compile_mode is not None and not args.compile:
+        problems.append("--compile-mode has no effect without --compile; add --compile or drop --compile-mode")
+    return problems

@@ -16,6 +16,7 @@ batched tensor operations, then yields a fresh permutation in batches.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,8 +78,21 @@ def load_cifar10(data, download: bool = False, synthetic_size: int = 50_000,
     if not download:
         raise DataError(f"no such directory: {data}. Pass --download to fetch CIFAR-10 there with "
                         f"torchvision, or another source: {SOURCES}.")
+    created = first_missing(data)
     os.makedirs(data, exist_ok=True)
-    return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
+    try:
+        return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
+    except BaseException:              # a failed download (no network, Ctrl-C) leaves no folder of ours
+        shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def first_missing(path: str) -> str:
+    """The outermost folder of `path` that does not exist yet (what os.makedirs would create first)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
 
 
 def unreadable_reason(path: str) -> str | None:
