@@ -28,6 +28,8 @@ from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.training.npz import CONVERT_HINT, DataError, read_npz, save_npz
 from engine.outputs import OutputError, check_output_path
 
+SYNTHETIC_OVERLAP = 1.1    # the other class's pattern reaches up to 1.1 x the image's own
+SYNTHETIC_NOISE = 45.0     # standard deviation of the per-pixel noise (pixel values 0..255)
 SOURCES = ("a torchvision CIFAR-10 root (with --download to fetch it), an .npz file, an image folder "
            "(ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*) or 'synthetic'")
 
@@ -185,10 +187,13 @@ def _check(arrays: dict, source: str) -> Cifar10:
 
 
 def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | None = None) -> Cifar10:
-    """CIFAR-10-shaped images a small network can learn: each class has its own
-    colour tint and low-frequency pattern (both mirror-symmetric so flips keep
-    the class), drawn over per-image noise. `train_size / 5` test images unless
-    `test_size` is given."""
+    """CIFAR-10-shaped images a small network can learn, but not perfectly: each class
+    has its own colour tint and low-frequency pattern (both mirror-symmetric so flips
+    keep the class); each image carries its class's, plus another class's at a random
+    strength of 0 to SYNTHETIC_OVERLAP times it (the classes overlap: where the other
+    one is the stronger, the label cannot be told), under per-image noise. So accuracies
+    stay below 100% and recipes and settings differ. The same size and seed give the same
+    images. `train_size / 5` test images unless `test_size` is given."""
     if train_size < SYNTHETIC_MIN_IMAGES:
         raise DataError(f"--synthetic-size must be at least {SYNTHETIC_MIN_IMAGES}, got {train_size}")
     rng = np.random.default_rng(seed)
@@ -197,11 +202,14 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
     patterns = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(32, 32),
                                                mode="bilinear", align_corners=False).numpy()
     tints = rng.normal(size=(NUM_CLASSES, 3, 1, 1))
+    signals = 28 * patterns + 30 * tints
 
     def split(n: int):
         labels = rng.integers(0, NUM_CLASSES, size=n)
+        others = (labels + rng.integers(1, NUM_CLASSES, size=n)) % NUM_CLASSES      # another class each
+        strengths = rng.uniform(0, SYNTHETIC_OVERLAP, size=(n, 1, 1, 1))
         noise = rng.normal(size=(n, 3, 32, 32))
-        images = 128 + 28 * patterns[labels] + 30 * tints[labels] + 40 * noise
+        images = 128 + signals[labels] + strengths * signals[others] + SYNTHETIC_NOISE * noise
         images = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(images), labels.astype(np.int64)
 
