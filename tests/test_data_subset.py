@@ -77,3 +77,13 @@ def test_the_subset_is_recorded_in_the_json(tmp_path, monkeypatch):
                               "train_subset": 200, "test_subset": 50}
     assert "part: train 200 of 512, test 50 of 102 (stratified, seed 0)" in report["data_source"]
     assert report["config"]["train_images"] == 200       # the steps per epoch follow the part
+
+
+def test_evaluate_measures_a_checkpoint_on_the_test_part_it_was_trained_with(tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    assert cli.main([*SMALL, "--test-subset", "50", "--save", str(model), "--quiet", "--final-eval-only"]) in (0, 1)
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(model), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "on synthetic (512 train images, seed 0), part: test 50 of 102 (stratified, seed 0)" in out
+    assert "(difference +0.00 points)" in out
