@@ -211,7 +211,9 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     if device.type == "cpu" and world.main and not args.quiet:
         given = [option for option, (field, *_) in OVERRIDES.items() if getattr(args, field) is not None]
         given += ["--train-subset"] if args.train_subset else []
-        print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points), given), flush=True)
+        with Ticker("timing a few training steps for an estimate", quiet=not sys.stdout.isatty()):   # a log: no lines
+            step_seconds = trainer.seconds_per_step(train)
+        print(cpu_estimate(step_seconds, config, args.runs * len(points), given), flush=True)
     data_record = {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed,
                    "train_subset": args.train_subset, "test_subset": args.test_subset}
     context = {

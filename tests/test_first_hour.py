@@ -129,6 +129,17 @@ def test_the_bar_is_shown_at_once_and_its_clock_moves_before_the_first_step():
     assert show.refresh is None
 
 
+def test_the_steps_timed_for_the_estimate_are_shown_on_a_terminal(monkeypatch):
+    monkeypatch.setattr(Trainer, "seconds_per_step", lambda self, train: 0.01)
+    monkeypatch.setattr(Trainer, "run", lambda self, train, test, seed, **k: RunResult(
+        seed=seed, accuracy=0.5, ema_accuracy=0.5, epochs=[]))
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    cli.main([*SMALL, "--device", "cpu"])
+    out = terminal.getvalue()
+    assert out.index("timing a few training steps for an estimate: done after") < out.index("on this CPU: about")
+
+
 def test_compiling_is_shown_with_its_time(monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "warm_up", lambda self, train, test: 0.0)
     monkeypatch.setattr(Trainer, "seconds_per_step", lambda self, train: 0.01)
@@ -136,5 +147,6 @@ def test_compiling_is_shown_with_its_time(monkeypatch, capsys):
         seed=seed, accuracy=0.5, ema_accuracy=0.5, epochs=[]))
     cli.main([*SMALL, "--device", "cpu", "--compile"])
     out = capsys.readouterr().out
+    assert "timing a few" not in out                         # a log gets no lines for a short step
     assert "compiling the training and evaluation steps (torch.compile) on a short warm-up run...\n" in out
     assert "compiling the training and evaluation steps (torch.compile) on a short warm-up run: done after" in out
