@@ -17,6 +17,9 @@ SUBCOMMANDS = ("evaluate", "convert", "compare")
 def main(argv=None, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or program_name(sys.argv[0])
+    if argv[:1] == ["compare"]:
+        from engine.results.compare import compare_main
+        return compare_main(argv[1:], prog)
     subcommand = argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else None
     parser = help_parser(subcommand, prog)
     try:                                    # help, and the mistakes a parser sees, before torch loads

@@ -44,6 +44,7 @@ class Terminal(io.StringIO):
     (["--data", "x.npz", "--synthetic-size", "100"], "--synthetic-size only applies to --data synthetic"),
     (["--train-subset", "5"], "argument --train-subset: must be at least 10"),
     (["evaluate", "--checkpoint", "m.pt", "--dtype", "int8"], "argument --dtype: invalid choice"),
+    (["convert", "a", "b.npz", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_argument_mistakes_are_told_before_torch_loads(argv, message):
     probe = ("import sys; from engine.command import main; code = main(sys.argv[1:]); "
