@@ -12,15 +12,15 @@ import torch
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
 from engine.results.checkpoint import CheckpointError, load_checkpoint
 from engine.checks import DTYPES, dtype_name, require_network_fits, require_seeds, require_synthetic_fits
-from engine.training.data import DataError, convert, load_cifar10
+from engine.training.data import DataError, convert, load_cifar10, take_subset
 from engine.results.distributed import PeersMissing, World, barrier, finish, start, world_from_env
 from engine.errors import explain
 from engine.training.ops import make_ops
 from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, build_evaluate_parser, build_parser,
-                            program_name)
+                            pointless_data_flags, pointless_flags, program_name)
 from engine.outputs import OutputError, OutputLocks
 from engine.results.plots import require_matplotlib
-from engine.results.progress import Progress
+from engine.results.progress import Progress, Ticker
 from engine.recipe_files import find_recipe
 from engine.results.report import device_name, environment
 from engine.results.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
@@ -54,24 +54,6 @@ def resolve_device(parser, name: str | None, world: World = World()) -> torch.de
 def data_input(data: str | None) -> list[tuple[str, str]]:
     """--data as an input that no output may overwrite (none for synthetic data)."""
     return [("--data", data)] if data and data != "synthetic" else []
-
-
-def pointless_data_flags(data: str, download: bool, synthetic_only: dict) -> list[str]:
-    """Data flags that would do nothing for `data`. synthetic_only: {flag: value or None when
-    not given} of the flags that only apply to synthetic data."""
-    problems = [f"{flag} only applies to --data synthetic, not {data}; drop it"
-                for flag, value in synthetic_only.items() if value is not None and data != "synthetic"]
-    if download and (data == "synthetic" or data.lower().endswith(".npz")):
-        problems.append(f"--download only fetches CIFAR-10 into a directory, not for --data {data}; drop it")
-    return problems
-
-
-def pointless_flags(args) -> list[str]:
-    """Flags that would do nothing with the others given: refused, never silently ignored."""
-    problems = pointless_data_flags(args.data, args.download, {"--synthetic-size": args.synthetic_size})
-    if args.compile_mode is not None and not args.compile:
-        problems.append("--compile-mode has no effect without --compile; add --compile or drop --compile-mode")
-    return problems
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -117,6 +99,8 @@ def train_main(argv: list, prog: str = "run.py") -> int:
         except ImportError as error:
             parser.error(str(error))
     device = resolve_device(parser, args.device, world)
+    if args.device is None and device.type == "cpu" and world.main:
+        print(f"{parser.prog}: {no_gpu_note(args)}", file=sys.stderr, flush=True)
     outputs, seeds = Outputs(args.json, args.save, args.plot), range(args.seed, args.seed + args.runs)
     sweep = len(points) if len(points) > 1 else 0
     try:     # every output, before any work
@@ -179,12 +163,21 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     if args.data_label:
         data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
     try:
+        data = take_subset(data, args.train_subset, args.test_subset, seed=args.seed)
+    except DataError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    try:
         configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
         for config in configs:
             require_network_fits(config, device, dtype)
     except (ValueError, TypeError) as error:   # what depends on the data: a training set smaller than a batch
         parser.error(str(error))
 
+    if world.main:
+        for note in dict.fromkeys(shortened_ema(args, config, point.settings) for point, config in zip(points, configs)):
+            if note:
+                print(f"{parser.prog}: warning: {note}", file=sys.stderr, flush=True)
     if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
     compile_mode = args.compile_mode or "default"
@@ -203,7 +196,10 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     try:
         setups = Setups(data, make_ops(kernels), device, dtype, args.compile, compile_mode,
                         warm_up=device.type == "cuda" or args.compile)
-        trainer, train, test, warmup_note = setups.get(config)
+        doing = ("compiling the training and evaluation steps (torch.compile) on a short warm-up run"
+                 if args.compile else "warming up (a short run that lets cuDNN choose its algorithms)")
+        with Ticker(doing, quiet=args.quiet or not world.main or not setups.warm_up):
+            trainer, train, test, warmup_note = setups.get(config)
     except Exception as error:
         message = explain(error, config, args.compile)
         if message is None:
@@ -213,15 +209,22 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     if warmup_note and len(points) == 1:
         show.print(warmup_note)
     if device.type == "cpu" and world.main and not args.quiet:
-        print(cpu_estimate(trainer.seconds_per_step(train), config, args.runs * len(points)), flush=True)
+        given = [option for option, (field, *_) in OVERRIDES.items() if getattr(args, field) is not None]
+        given += ["--train-subset"] if args.train_subset else []
+        with Ticker("timing a few training steps for an estimate", quiet=not sys.stdout.isatty()):   # a log: no lines
+            step_seconds = trainer.seconds_per_step(train)
+        print(cpu_estimate(step_seconds, config, args.runs * len(points), given), flush=True)
+    data_record = {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed,
+                   "train_subset": args.train_subset, "test_subset": args.test_subset}
     context = {
-        **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "dtype": dtype_name(dtype),
+        **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "data": data_record,
+        "dtype": dtype_name(dtype),
         "kernels": kernels,
         "compile": args.compile, "compile_mode": compile_mode if args.compile else None,
         "deterministic": args.deterministic, "config": config.to_dict(), **environment(device),
     }
     checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels, "compile": args.compile,
-                         "data": {"data": args.data, "synthetic_size": synthetic_size, "seed": args.seed}}
+                         "data": data_record}
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
@@ -233,14 +236,45 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     return session.run()
 
 
-def cpu_estimate(step_seconds: float, config, runs: int) -> str:
-    """What a CPU run will take, said before it starts (from a few timed steps)."""
+def no_gpu_note(args) -> str:
+    """What a command that found no GPU will do instead, said first (before any data error)."""
+    dtype, kernels = args.dtype or "float32", args.kernels or "eager"
+    compiled = (" (--compile: torch.compile compiles for the CPU first, which takes minutes; the time is "
+                "shown as it goes)" if args.compile else "")
+    return (f"no CUDA GPU here: training runs on the CPU, {dtype} with {kernels} kernels{compiled}. A full-size "
+            f"run takes hours on a CPU (an estimate follows once the data is loaded); --train-subset 5000 "
+            f"--test-subset 1000 --base-width 16 make a small real run. (--device cpu: the same without this note)")
+
+
+def cpu_estimate(step_seconds: float, config, runs: int, given: tuple = ()) -> str:
+    """What a CPU run will take, said before it starts (from a few timed steps); for a long
+    one, the options that would shorten it, leaving out those already `given` (option names)."""
     minutes = step_seconds * config.total_steps / 60
     line = (f"on this CPU: about {step_seconds:.2g} s per step, so about {minutes:.3g} min of training per run"
             + (f", {runs * minutes:.3g} min for all {runs}" if runs > 1 else "") + " (evaluations extra)")
     if minutes > 10:
-        line += "; --base-width 16 and fewer --epochs make quick CPU runs, a GPU the real ones"
+        quicker = [*(["--base-width 16"] if getattr(config, "base_width", 0) > 16 else []),
+                   *(["fewer --epochs"] if "--epochs" not in given else []),
+                   *(["--train-subset 5000 --test-subset 1000"] if "--train-subset" not in given else [])]
+        line += (f"; {', '.join(quicker[:-1])}{' and ' if len(quicker) > 1 else ''}{quicker[-1]} make quick "
+                 f"CPU runs, a GPU the real ones" if quicker else "; a GPU makes the real runs")
     return line
+
+
+def shortened_ema(args, config, settings: dict) -> str | None:
+    """A note, said before training, when --epochs left the recipe's EMA fewer epochs than
+    its own (no EMA at all below ema_epochs + 1 epochs); None when it did not."""
+    own = getattr(type(config), "ema_epochs", None)
+    if not isinstance(own, int) or args.ema_epochs is not None or "ema_epochs" in settings:
+        return None
+    if config.ema_epochs >= own:
+        return None
+    if config.has_ema:
+        return (f"--epochs {config.epochs} shortens the recipe's EMA from its last {own} epochs to the last "
+                f"{config.ema_epochs}; --epochs {own + 1} or more keep it whole, --ema-epochs sets its length")
+    return (f"--epochs {config.epochs} leaves no room for the recipe's EMA (its last {own} epochs, after the "
+            f"learning-rate schedule): no EMA network is trained and the run reports the trained network's "
+            f"accuracy; --epochs {own + 1} or more keep the EMA")
 
 
 def checkpoint_paths(given: list[str]) -> list[str]:
@@ -323,6 +357,8 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
         if data_key not in datasets:
             datasets[data_key] = load_cifar10(data_name, args.download, synthetic_size, seed=data_seed)
         data = datasets[data_key]
+        if recorded.get("test_subset") and data_name == recorded.get("data"):   # the part it was measured on
+            data = take_subset(data, None, recorded["test_subset"], seed=data_seed)
     except DataError as error:
         relative = "" if os.path.isabs(data_name) or data_name == "synthetic" else \
             f", a path relative to the folder {path} was trained in"

@@ -1,16 +1,17 @@
 """The front door: `python run.py ...` and the `cifar-speedrun` command.
 
 A request for help is answered from the torch-free parsers (engine/options.py), at
-once; `compare` (engine/results/compare.py) reads JSON only and runs without torch;
-everything else goes to the program itself (engine/cli.py), which imports torch.
+once; so is a mistake they can see (an unknown option, a bad value, flags that cannot go
+together): it is reported before torch loads. `compare` (engine/results/compare.py) reads
+JSON only and runs without torch. Everything else goes to the program itself
+(engine/cli.py), which imports torch.
 """
 from __future__ import annotations
 
 import sys
 
-from engine.options import build_convert_parser, build_evaluate_parser, build_parser, program_name
+from engine.options import build_convert_parser, build_evaluate_parser, build_parser, pointless_flags, program_name
 
-HELP_FLAGS = ("-h", "--help")
 SUBCOMMANDS = ("evaluate", "convert", "compare")
 
 
@@ -20,13 +21,15 @@ def main(argv=None, prog: str | None = None) -> int:
     if argv[:1] == ["compare"]:
         from engine.results.compare import compare_main
         return compare_main(argv[1:], prog)
-    options = argv[:argv.index("--")] if "--" in argv else argv
-    if any(flag in options for flag in HELP_FLAGS):
-        subcommand = argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else None
-        try:
-            help_parser(subcommand, prog).parse_args(argv[1:] if subcommand else argv)
-        except SystemExit as exit:          # argparse printed the help (0) or an error (2)
-            return exit.code if isinstance(exit.code, int) else 1
+    subcommand = argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else None
+    parser = help_parser(subcommand, prog)
+    try:                                    # help, and the mistakes a parser sees, before torch loads
+        args = parser.parse_args(argv[1:] if subcommand else argv)
+        if subcommand is None:
+            for problem in pointless_flags(args):
+                parser.error(problem)
+    except SystemExit as exit:              # argparse printed the help (0) or an error (2)
+        return exit.code if isinstance(exit.code, int) else 1
     from engine.cli import main as run
     return run(argv, prog)
 

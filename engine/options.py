@@ -152,6 +152,20 @@ def positive_number(text: str):
     return value
 
 
+SUBSET_MIN = 10     # --train-subset and --test-subset: one image of each CIFAR-10 class
+
+
+def subset_size(text: str) -> int:
+    """--train-subset / --test-subset: a whole number of images, at least one per class."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of images, got {text}") from None
+    if value < SUBSET_MIN:
+        raise argparse.ArgumentTypeError(f"must be at least {SUBSET_MIN} (one image per class), got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -195,6 +209,12 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
     g.add_argument("--synthetic-size", type=positive_int, default=None,
                    help=f"training images of --data synthetic; test images are a fifth (default {SYNTHETIC_SIZE})")
+    g.add_argument("--train-subset", type=subset_size, default=None, metavar="N",
+                   help="train on N of the training images, stratified by class (each class keeps its share), "
+                        "drawn by --seed; recorded in the JSON (default: all). With --test-subset: a small real "
+                        "run on the CPU")
+    g.add_argument("--test-subset", type=subset_size, default=None, metavar="N",
+                   help="measure on N of the test images, drawn the same way (default: all)")
     g = p.add_argument_group("device and speed")
     g.add_argument("--device", default=None,
                    help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
@@ -289,3 +309,20 @@ def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     return p
 
 
+# --------------------------------------------------------------------------- checks before torch loads
+def pointless_data_flags(data: str, download: bool, synthetic_only: dict) -> list[str]:
+    """Data flags that would do nothing for `data`. synthetic_only: {flag: value or None when
+    not given} of the flags that only apply to synthetic data."""
+    problems = [f"{flag} only applies to --data synthetic, not {data}; drop it"
+                for flag, value in synthetic_only.items() if value is not None and data != "synthetic"]
+    if download and (data == "synthetic" or data.lower().endswith(".npz")):
+        problems.append(f"--download only fetches CIFAR-10 into a directory, not for --data {data}; drop it")
+    return problems
+
+
+def pointless_flags(args) -> list[str]:
+    """Flags that would do nothing with the others given: refused, never silently ignored."""
+    problems = pointless_data_flags(args.data, args.download, {"--synthetic-size": args.synthetic_size})
+    if args.compile_mode is not None and not args.compile:
+        problems.append("--compile-mode has no effect without --compile; add --compile or drop --compile-mode")
+    return problems

@@ -253,7 +253,7 @@ def test_sigterm_and_sighup_are_summarised_like_ctrl_c(tmp_path, signum, status)
     finished = stdout.count("final:") + 1                         # the line read above
     assert report["final"] and report["interrupted"] and 1 <= len(report["runs"]) == finished
     assert report["complete"] is False                            # far fewer than the 1000 asked
-    assert f"summary over {finished} run(s)" in stdout
+    assert f"summary over {finished} of 1000 run(s)" in stdout
 
 
 # ---- runs that learned nothing ----

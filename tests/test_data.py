@@ -142,3 +142,16 @@ def test_test_loader_covers_every_image_in_order():
     batches = list(loader.epoch())
     assert [len(labels) for _, labels in batches] == [1000, 1000, 500]
     assert torch.equal(torch.cat([labels for _, labels in batches]), loader.labels)
+
+
+def test_synthetic_classes_overlap_so_no_recipe_reaches_100_percent():
+    # The best a classifier that knows each class's mean image can do: well above chance,
+    # well below 100% (the old set gave exactly 100%, so recipes could not be told apart).
+    data = make_synthetic(5000, seed=0, test_size=2000)
+    train = data.train_images.reshape(5000, -1).astype(np.float64)
+    means = np.stack([train[data.train_labels == k].mean(0) for k in range(10)])
+    test = data.test_images.reshape(2000, -1).astype(np.float64)
+    nearest = ((test[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert 0.6 < (nearest == data.test_labels).mean() < 0.95
+    again = make_synthetic(5000, seed=0, test_size=2000)                       # deterministic
+    assert np.array_equal(again.train_images, data.train_images) and np.array_equal(again.test_labels, data.test_labels)

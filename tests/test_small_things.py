@@ -75,7 +75,8 @@ def test_a_cpu_run_says_how_long_it_will_take_before_it_starts():
     assert 0 < seconds < 60
     assert cpu_estimate(30.0, make_config("seed"), runs=2) == (
         "on this CPU: about 30 s per step, so about 485 min of training per run, 970 min for all 2 "
-        "(evaluations extra); --base-width 16 and fewer --epochs make quick CPU runs, a GPU the real ones")
+        "(evaluations extra); --base-width 16, fewer --epochs and --train-subset 5000 --test-subset 1000 make "
+        "quick CPU runs, a GPU the real ones")
     assert "; --base-width" not in cpu_estimate(0.01, config, runs=1)
 
 

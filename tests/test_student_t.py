@@ -76,7 +76,18 @@ def test_zero_spread_gives_a_point_interval_and_a_certain_verdict():
 def test_one_run_says_why_the_interval_and_p_value_are_absent():
     summary = summarize(runs_with([0.95], failed=1))
     assert summary["ema_accuracy_ci95"] is None and summary["p_value_mean_above_94"] is None
-    assert "need 2 or more finished runs" in format_summary(summary, "data", "cpu")
+    text = format_summary(summary, "data", "cpu")
+    assert "one run has no spread" in text
+    assert " std " not in text and "  std" not in text and "p-value " not in text and "95% CI" not in text
+
+
+def test_a_summary_cut_short_says_how_many_runs_were_asked():
+    summary = summarize(runs_with([0.95]))
+    text = format_summary(summary, "data", "cpu", asked=4)
+    assert text.startswith("summary over 1 of 4 run(s)") and "(3 not run)" in text
+    assert format_summary(summary, "data", "cpu", asked=1).startswith("summary over 1 run(s) on cpu")
+    assert format_summary(summarize(runs_with([], failed=2)), "data", "cpu", asked=4) == \
+        "no run of 4 finished (2 failed, 2 not run)"
 
 
 def test_the_interval_stays_within_0_and_100_percent():

@@ -1,10 +1,12 @@
 """`--plot PATH.png`: the training curves of every run and the spread of their results.
 
 Left to right: train loss, val accuracy and EMA val accuracy per epoch (each run a
-thin line, their mean a thick one), then the final EMA accuracies of the runs as a
-histogram with the 94% target and the mean marked, then each run's seconds (training
-loops, and in all). Every axis is fitted to the data, so close runs stay apart; the
-94% line shows where it falls inside that range. matplotlib is an optional extra
+thin line, their mean a thick one), then the final accuracies of the runs as a
+histogram with the mean marked (one run has no spread: its value is written instead),
+then each run's seconds (training loops, and in all, from 0). Every accuracy axis is
+fitted to the data, so close runs stay apart; the 94% target is drawn (and in the
+legend) only where it falls inside that range, else a note says on which side it lies.
+The title (the caller's) names the recipe, data, device and runs. matplotlib is an optional extra
 (`pip install -e ".[plot]"`); `require_matplotlib` says so before any training.
 """
 from __future__ import annotations
@@ -74,6 +76,26 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
     """Draw the figure for `runs` (the JSON's run dicts; failed runs show their finished
     epochs, dashed) and write it to `path` (str or pathlib.Path) atomically; the format
     follows the extension (none: png)."""
+    figure = draw_runs(runs, title)
+    extension = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    return atomic_write(path, lambda file: figure.savefig(file, dpi=110, format=extension))
+
+
+def target_line(ax, vertical: bool) -> str:
+    """The 94% target on `ax`, labelled for the legend, when it lies inside the axis's range
+    (returns ""); otherwise no line and no legend entry, and the note for the panel's title
+    that says on which side it lies."""
+    target = 100 * TARGET_ACCURACY
+    low, high = ax.get_xlim() if vertical else ax.get_ylim()
+    if low <= target <= high:
+        (ax.axvline if vertical else ax.axhline)(target, color="tab:red", ls=":", lw=1.5, label="94% target")
+        return ""
+    side = ("right of" if vertical else "above") if target > high else ("left of" if vertical else "below")
+    return f"\n(the 94% target is {side} this axis)"
+
+
+def draw_runs(runs: list[dict], title: str = ""):
+    """The figure of plot_runs (a matplotlib Figure, not yet written)."""
     require_matplotlib()
     from matplotlib.figure import Figure     # no pyplot: no display, no global state
     from matplotlib.ticker import MaxNLocator
@@ -83,7 +105,7 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
     panels = (("train_loss", "train loss", 1.0), ("val_accuracy", "val accuracy (%)", 100.0),
               ("ema_val_accuracy", "EMA val accuracy (%)", 100.0))
     for ax, (key, label, scale) in zip(axes, panels):
-        curves = []
+        curves, note = [], ""
         for run in runs:
             curve = [scale * v for v in _curve(run, key)]
             if not curve:
@@ -94,34 +116,42 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
                 curves.append(curve)
         if curves:
             mean = _mean_curve(curves)
-            ax.plot(range(1, len(mean) + 1), mean, lw=2.5, marker="o", color="black", label=f"mean of {len(curves)}")
-            ax.legend(loc="best", fontsize=8)
-        if scale == 100.0 and curves:
+            ax.plot(range(1, len(mean) + 1), mean, lw=2.5, marker="o", color="black",
+                    label=f"mean of {len(curves)}" if len(curves) > 1 else "the run")
+        if scale == 100.0 and curves and any(not math.isnan(v) for curve in curves for v in curve):
             ax.set_ylim(*fitted_range([v for curve in curves for v in curve]))
-            ax.axhline(100 * TARGET_ACCURACY, color="tab:red", lw=0.8, ls=":")
+            note = target_line(ax, vertical=False)
+        elif scale == 100.0:
+            ax.text(0.5, 0.5, "not measured per epoch", transform=ax.transAxes, ha="center", va="center")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(loc="best", fontsize=8)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.5, max([len(run.get("epochs") or []) for run in runs] + [1]) + 0.5)
-        ax.set_title(label)
+        ax.set_title(label + note)
         ax.grid(alpha=0.3)
 
     finals = [100 * run["ema_accuracy"] for run in runs
               if run.get("status", "ok") == "ok" and run.get("ema_accuracy") is not None]
     ax = axes[3]
-    if finals:
+    failed = sum(run.get("status", "ok") != "ok" for run in runs)
+    ax.set_title(f"final accuracy, {len(finals)} run(s)" + (f", {failed} failed" if failed else ""))
+    if len(finals) >= 2:
         low, high = fitted_range(finals)
         ax.hist(finals, bins=min(max(len(finals) // 2, 5), 30), range=(low, high), color="tab:blue", alpha=0.7,
                 edgecolor="black", linewidth=0.5)
         ax.set_xlim(low, high)
         mean = sum(finals) / len(finals)
         ax.axvline(mean, color="black", lw=2, label=f"mean {mean:.2f}%")
-    ax.axvline(100 * TARGET_ACCURACY, color="tab:red", ls=":", lw=1.5, label="94%")
-    ax.legend(loc="best", fontsize=8)
-    failed = sum(run.get("status", "ok") != "ok" for run in runs)
-    ax.set_title(f"final EMA accuracy, {len(finals)} run(s)" + (f", {failed} failed" if failed else ""))
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_ylabel("runs")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(ax.get_title() + target_line(ax, vertical=True))
+        ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel("test accuracy (%)")
+        ax.set_ylabel("runs")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:                                  # one value (or none) has no spread to draw
+        ax.text(0.5, 0.5, f"{finals[0]:.2f}%\none run: no spread to draw" if finals else "no run finished",
+                transform=ax.transAxes, ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
     ax = axes[4]
     timed = [run for run in runs if run.get("status", "ok") == "ok" and run.get("train_seconds") is not None]
     for key, label in (("train_seconds", "training loops"), ("total_seconds", "in all")):
@@ -131,12 +161,13 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
             ax.plot(range(1, len(values) + 1), values, marker="o", lw=1, label=f"{label}, mean {mean:.3g} s")
     ax.set_title("seconds per run")
     ax.set_xlabel("run")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlim(0.5, max(len(timed), 1) + 0.5)
     ax.grid(alpha=0.3)
     if timed:
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="lower right", fontsize=8)
+        seconds = [run[key] for run in timed for key in ("train_seconds", "total_seconds") if run.get(key) is not None]
+        ax.set_ylim(0, 1.15 * max(seconds) if seconds and max(seconds) > 0 else 1)   # from 0: never a flat axis
     if title:
         figure.suptitle(title)
-
-    extension = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
-    return atomic_write(path, lambda file: figure.savefig(file, dpi=110, format=extension))
+    return figure

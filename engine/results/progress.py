@@ -16,6 +16,8 @@ have landed); accuracies appear at the end of an epoch, where they are read anyw
 from __future__ import annotations
 
 import sys
+import threading
+import time
 
 from engine.results.report import EPOCH_HEADER, format_epoch_row
 
@@ -30,6 +32,66 @@ def tqdm_available() -> bool:
     return True
 
 
+class Repeat:
+    """Call `action()` every `every` seconds from a daemon thread until stop() (which waits
+    for the thread): what keeps a display moving while the main thread is busy."""
+
+    def __init__(self, every: float, action):
+        self.every, self.action, self.stopped = every, action, threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="cifar-speedrun display")
+        self.thread.start()
+
+    def _loop(self):
+        while not self.stopped.wait(self.every):
+            self.action()
+
+    def stop(self):
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+
+class Ticker:
+    """`with Ticker("compiling"):` shows that a long step is under way, with its seconds so
+    far: on a terminal one line rewritten in place every second ("compiling... 12 s"); in a
+    log a line at the start, one every `log_every` seconds and one at the end, so that a
+    step still at work never looks like a hang. Nothing when `quiet`."""
+
+    def __init__(self, what: str, file=None, quiet: bool = False, every: float = 1.0, log_every: float = 30.0):
+        self.what, self.file, self.quiet = what, file or sys.stdout, quiet
+        self.every, self.log_every = every, log_every
+        self.tty = self.file.isatty()
+        self.start, self.repeat, self.logged = 0.0, None, 0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def _write(self, text: str):
+        self.file.write(text)
+        self.file.flush()
+
+    def _tick(self):
+        if self.tty:
+            self._write(f"\r{self.what}... {self.seconds():.0f} s")
+        elif self.seconds() >= (self.logged + 1) * self.log_every:
+            self.logged += 1
+            self._write(f"still {self.what}: {self.seconds():.0f} s so far\n")
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        if not self.quiet:
+            self._write(f"{self.what}..." + (" 0 s" if self.tty else "\n"))
+            self.repeat = Repeat(self.every, self._tick)
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if self.repeat is None:
+            return
+        self.repeat.stop()
+        ended = "done" if kind is None else "stopped"
+        self._write(("\r\033[K" if self.tty else "") + f"{self.what}: {ended} after {self.seconds():.1f} s\n")
+
+
 class Progress:
     def __init__(self, mode: str = "auto", file=None, prefix: str = ""):
         if mode not in MODES:
@@ -41,6 +103,7 @@ class Progress:
             mode = "table"
         self.mode, self.prefix = mode, prefix
         self.bar, self.run_name, self.epochs, self.steps = None, "", 0, 0
+        self.refresh = None                     # keeps the bar's clock moving before and between steps
         self.shown = {}                         # the bar's postfix: loss, then the last epoch's accuracies
 
     def print(self, text: str):
@@ -61,10 +124,17 @@ class Progress:
             from tqdm import tqdm
             self.shown = {}
             self.bar = tqdm(total=steps, file=self.file, unit="step", dynamic_ncols=True, leave=False,
-                            desc=f"{self.prefix}run {index + 1}/{runs} epoch 1/{epochs}")
+                            desc=f"{self.prefix}run {index + 1}/{runs} preparing (network, whitening, "
+                                 f"first augmentation)")
+            self.bar.refresh()                  # shown at once, before the first step
+            bar = self.bar
+            self.refresh = Repeat(1.0, lambda: bar.refresh())
 
     def step(self, steps_done: int):
         if self.bar is not None:
+            if self.bar.n == 0:                 # the first step: preparing is over
+                self.bar.set_description_str(f"{self.prefix}{self.run_name.split(' (')[0]} epoch 1/{self.epochs}",
+                                             refresh=False)
             self.bar.update(steps_done - self.bar.n)
             per_epoch = self.steps // max(self.epochs, 1)
             if per_epoch and steps_done % per_epoch == 0:     # the epoch's last step: its end-of-epoch work
@@ -97,6 +167,9 @@ class Progress:
         self.print(text)
 
     def close(self):
+        if self.refresh is not None:
+            self.refresh.stop()
+            self.refresh = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -72,18 +72,29 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def format_summary(summary: dict, data_source: str, device_name: str, reported: str = "EMA accuracy",
-                   hint: str = "check --lr and the data") -> str:
+                   hint: str = "check --lr and the data", asked: int | None = None) -> str:
     """The summary's lines; `reported` names the result (a recipe's `reported_as`), `hint`
-    says what to check when runs learned nothing."""
+    says what to check when runs learned nothing, `asked` the runs the command asked for
+    (the summary then says "1 of 4" when fewer finished)."""
+    tried = summary["runs"] + summary["failed_runs"]
+    of_asked = f" of {asked}" if asked is not None and asked != summary["runs"] else ""
+    not_run = f"{asked - tried} not run" if asked is not None and asked > tried else ""
+    notes = ", ".join(note for note in (f"{summary['failed_runs']} failed" if summary["failed_runs"] else "",
+                                        not_run) if note)
     if not summary["runs"]:
-        return f"no run finished ({summary['failed_runs']} failed)"
+        return f"no run{of_asked} finished ({notes or '0 failed'})"
     pct = lambda value: f"{100 * value:.2f}%"
+    if summary["runs"] == 1:
+        spread = [f"  {reported:<14} {pct(summary['mean_ema_accuracy'])} (one run has no spread: no std, "
+                  f"confidence interval or p-value; --runs 2 or more give them)"]
+    else:
+        spread = [f"  {reported:<14} mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
+                  f"  min {pct(summary['min_ema_accuracy'])}  max {pct(summary['max_ema_accuracy'])}",
+                  _interval_line(summary)]
     lines = [
-        f"summary over {summary['runs']} run(s) on {device_name}, data: {data_source}"
-        + (f" ({summary['failed_runs']} failed)" if summary["failed_runs"] else ""),
-        f"  {reported:<14} mean {pct(summary['mean_ema_accuracy'])}  std {pct(summary['std_ema_accuracy'])}"
-        f"  min {pct(summary['min_ema_accuracy'])}  max {pct(summary['max_ema_accuracy'])}",
-        _interval_line(summary),
+        f"summary over {summary['runs']}{of_asked} run(s) on {device_name}, data: {data_source}"
+        + (f" ({notes})" if notes else ""),
+        *spread,
         f"  runs >= 94%    {pct(summary['share_at_or_above_94'])}",
         *([f"  LEARNED NOTHING in {summary['learned_nothing_runs']} run(s): accuracy at chance or loss stuck "
            f"at its start (\"learned_nothing\" in the JSON); {hint}"]

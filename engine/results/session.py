@@ -119,10 +119,24 @@ def reported_as(config) -> str:
     return "accuracy"
 
 
+FEW_STEPS = 100             # a run of fewer training steps may simply not have trained long enough
+
+
 def learned_nothing_hint(config) -> str:
-    """What the summary tells to check when runs learned nothing: --lr where the recipe has it."""
-    return "check --lr and the data" if "lr" in type(config).field_names() else \
-        "check the learning rates (--set NAME=VALUE) and the data"
+    """What the summary tells to check when runs learned nothing: a run too short to learn,
+    a learning rate other than the recipe's (--lr where the recipe has it), the data. An
+    option already given is named with its value, as the thing to change back or raise."""
+    cls, hints = type(config), []
+    if config.total_steps < FEW_STEPS:
+        epochs = f"raise --epochs from {config.epochs}" if config.epochs != cls.epochs else "give more --epochs"
+        hints.append(f"it trained only {config.total_steps} steps: {epochs} or train on more images")
+    if "lr" not in cls.field_names():
+        hints.append("check the learning rates (--set NAME=VALUE)")
+    elif config.lr != cls.lr:
+        hints.append(f"the --lr given ({config.lr:.4g}) is not the recipe's ({cls.lr:.4g}): try without it")
+    else:
+        hints.append("check --lr")
+    return "; ".join(hints) + "; check the data"
 
 
 def final_line(result, config, reason: str | None) -> str:
@@ -477,7 +491,7 @@ class Session:
 
     def summary_text(self, payload: dict) -> str:
         return format_summary(payload["summary"], self.data_source, payload["device"], reported_as(self.config),
-                              learned_nothing_hint(self.config))
+                              learned_nothing_hint(self.config), asked=self.runs)
 
     def report(self, processes: list) -> bool:
         """Print the summary, write the JSON and the plot, from every process's runs in run
@@ -509,7 +523,9 @@ class Session:
                       file=sys.stderr, flush=True)
         if self.outputs.plot and not (aside and os.path.exists(self.outputs.plot)):   # else: the earlier one's
             from engine.results.plots import plot_runs
-            title = f"{self.data_source} | {payload['device']} | {len(runs)} run(s)"
+            asked = f" of {self.runs}" if len(runs) != self.runs else ""
+            recipes = (payload.get("sweep") or {}).get("recipes") or [payload.get("recipe") or self.config.recipe]
+            title = f"recipe {', '.join(recipes)} | {self.data_source} | {payload['device']} | {len(runs)}{asked} run(s)"
             path, message = write_or_rescue(lambda target: plot_runs(runs, target, title=title), self.outputs.plot,
                                             "the plot")
             if path == self.outputs.plot:

@@ -16,6 +16,7 @@ batched tensor operations, then yields a fresh permutation in batches.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,8 @@ from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.training.npz import CONVERT_HINT, DataError, read_npz, save_npz
 from engine.outputs import OutputError, check_output_path
 
+SYNTHETIC_OVERLAP = 1.1    # the other class's pattern reaches up to 1.1 x the image's own
+SYNTHETIC_NOISE = 45.0     # standard deviation of the per-pixel noise (pixel values 0..255)
 SOURCES = ("a torchvision CIFAR-10 root (with --download to fetch it), an .npz file, an image folder "
            "(ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*) or 'synthetic'")
 
@@ -77,8 +80,21 @@ def load_cifar10(data, download: bool = False, synthetic_size: int = 50_000,
     if not download:
         raise DataError(f"no such directory: {data}. Pass --download to fetch CIFAR-10 there with "
                         f"torchvision, or another source: {SOURCES}.")
+    created = first_missing(data)
     os.makedirs(data, exist_ok=True)
-    return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
+    try:
+        return _check(_load_torchvision(data, download), f"CIFAR-10 (torchvision, {data})")
+    except BaseException:              # a failed download (no network, Ctrl-C) leaves no folder of ours
+        shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def first_missing(path: str) -> str:
+    """The outermost folder of `path` that does not exist yet (what os.makedirs would create first)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
 
 
 def unreadable_reason(path: str) -> str | None:
@@ -171,10 +187,13 @@ def _check(arrays: dict, source: str) -> Cifar10:
 
 
 def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | None = None) -> Cifar10:
-    """CIFAR-10-shaped images a small network can learn: each class has its own
-    colour tint and low-frequency pattern (both mirror-symmetric so flips keep
-    the class), drawn over per-image noise. `train_size / 5` test images unless
-    `test_size` is given."""
+    """CIFAR-10-shaped images a small network can learn, but not perfectly: each class
+    has its own colour tint and low-frequency pattern (both mirror-symmetric so flips
+    keep the class); each image carries its class's, plus another class's at a random
+    strength of 0 to SYNTHETIC_OVERLAP times it (the classes overlap: where the other
+    one is the stronger, the label cannot be told), under per-image noise. So accuracies
+    stay below 100% and recipes and settings differ. The same size and seed give the same
+    images. `train_size / 5` test images unless `test_size` is given."""
     if train_size < SYNTHETIC_MIN_IMAGES:
         raise DataError(f"--synthetic-size must be at least {SYNTHETIC_MIN_IMAGES}, got {train_size}")
     rng = np.random.default_rng(seed)
@@ -183,11 +202,14 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
     patterns = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(32, 32),
                                                mode="bilinear", align_corners=False).numpy()
     tints = rng.normal(size=(NUM_CLASSES, 3, 1, 1))
+    signals = 28 * patterns + 30 * tints
 
     def split(n: int):
         labels = rng.integers(0, NUM_CLASSES, size=n)
+        others = (labels + rng.integers(1, NUM_CLASSES, size=n)) % NUM_CLASSES      # another class each
+        strengths = rng.uniform(0, SYNTHETIC_OVERLAP, size=(n, 1, 1, 1))
         noise = rng.normal(size=(n, 3, 32, 32))
-        images = 128 + 28 * patterns[labels] + 30 * tints[labels] + 40 * noise
+        images = 128 + signals[labels] + strengths * signals[others] + SYNTHETIC_NOISE * noise
         images = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(images), labels.astype(np.int64)
 
@@ -195,6 +217,48 @@ def make_synthetic(train_size: int = 50_000, seed: int = 0, test_size: int | Non
     test_images, test_labels = split(test_size or max(train_size // 5, 1))
     return Cifar10(train_images, train_labels, test_images, test_labels,
                    f"synthetic ({train_size} train images, seed {seed})", synthetic=True)
+
+
+def stratified_indices(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` indices into `labels`, in their original order, with each class's share of
+    them as close as can be to its share of `labels` (largest remainders), drawn at random
+    within each class by `rng`."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / len(labels)
+    taken = np.floor(exact).astype(np.int64)
+    by_remainder = np.argsort(-(exact - taken), kind="stable")
+    taken[by_remainder[:size - taken.sum()]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:count] for label, count in zip(classes, taken)]
+    return np.sort(np.concatenate(chosen))
+
+
+def take_subset(data: Cifar10, train: int | None = None, test: int | None = None, seed: int = 0) -> Cifar10:
+    """`data` with `train` of its training images and `test` of its test images (None: all),
+    stratified by class (each class keeps its share) and drawn by `seed`: the same numbers
+    and seed give the same images. DataError when a split has fewer images than asked, or
+    when a part is too small to hold one image of each class present."""
+    arrays, named = {}, []
+    for split, size, option in (("train", train, "--train-subset"), ("test", test, "--test-subset")):
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if size is None or size == len(labels):
+            arrays[split] = (images, labels)
+            continue
+        if size > len(labels):
+            raise DataError(f"{option} {size} is more than the {len(labels)} {split} images of {data.source}; "
+                            f"give at most {len(labels)}, or leave {option} out to use them all.")
+        present = len(np.unique(labels))
+        if size < present:
+            raise DataError(f"{option} {size} cannot hold one image of each of the {present} classes of "
+                            f"{data.source}; give at least {present}.")
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        chosen = stratified_indices(labels, size, rng)
+        arrays[split] = (images[chosen], labels[chosen])
+        named.append(f"{split} {size} of {len(labels)}")
+    if not named:
+        return data
+    return Cifar10(*arrays["train"], *arrays["test"],
+                   f"{data.source}, part: {', '.join(named)} (stratified, seed {seed})",
+                   synthetic=data.synthetic, classes=data.classes)
 
 
 # ---- on the device ----
