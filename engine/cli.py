@@ -10,7 +10,7 @@ import time
 import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
-from engine.results.checkpoint import CheckpointError, load_checkpoint
+from engine.results.checkpoint import CheckpointError, rebuild
 from engine.checks import DTYPES, dtype_name, require_network_fits, require_seeds, require_synthetic_fits
 from engine.training.data import DataError, convert, load_cifar10
 from engine.results.distributed import PeersMissing, World, barrier, finish, start, world_from_env
@@ -21,7 +21,7 @@ from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, bui
 from engine.outputs import OutputError, OutputLocks
 from engine.results.plots import require_matplotlib
 from engine.results.progress import Progress
-from engine.recipe_files import find_recipe
+from engine.recipe_files import CLI_NAMES, find_recipe
 from engine.results.report import device_name, environment
 from engine.results.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
 from engine.results.sweep import Setups, SweepSession, parse_settings, sweep_points
@@ -261,6 +261,9 @@ def checkpoint_paths(given: list[str]) -> list[str]:
 def evaluate_main(argv, prog: str = "run.py") -> int:
     parser = build_evaluate_parser(prog)
     args = parser.parse_args(argv)
+    if args.allow_recipe_change and not args.recipe:
+        parser.error("--allow-recipe-change only applies with --recipe FILE (the recipe file you name); "
+                     "add --recipe or drop it")
     try:
         paths = checkpoint_paths(args.checkpoint)
     except ValueError as error:
@@ -295,8 +298,8 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
     """Re-measure one checkpoint; (exit status, its JSON record or None). `datasets` keeps
     the data loaded for earlier checkpoints."""
     try:
-        model, saved = load_checkpoint(path, device, DTYPES[args.dtype] if args.dtype else None,
-                                       recipe=args.recipe)
+        model, saved = rebuild(path, device, DTYPES[args.dtype] if args.dtype else None, args.recipe,
+                               args.allow_recipe_change, CLI_NAMES)
     except CheckpointError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2, None

@@ -22,7 +22,7 @@ from torch import nn
 from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path
 from engine.training.ops import make_ops
 from engine.outputs import atomic_write
-from engine.recipe_files import checkpoint_recipe, recipe_record
+from engine.recipe_files import LIBRARY_NAMES, checkpoint_recipe, recipe_record
 
 FORMAT = "cifar-speedrun checkpoint 1"
 
@@ -69,6 +69,8 @@ def _missing_fields(payload: dict) -> list[str]:
         "state_dict": not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()),
         "config": not isinstance(payload.get("config"), dict),
         "recipe": not isinstance(payload.get("recipe", "seed"), str),   # files from before recipes: seed
+        "recipe_file": not isinstance(payload.get("recipe_file", ""), (str, type(None))),
+        "recipe_sha256": not isinstance(payload.get("recipe_sha256", ""), (str, type(None))),
         "dtype": payload.get("dtype") not in DTYPES,
         "accuracy": accuracy is not None and not isinstance(accuracy, numbers.Real),
         "data": not isinstance(data, dict) or not isinstance(data.get("data", ""), (str, type(None)))
@@ -142,18 +144,33 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
-def load_checkpoint(path, device=None, dtype: torch.dtype | None = None,
-                    recipe: str | None = None) -> tuple[nn.Module, dict]:
+def load_checkpoint(path, device=None, dtype: torch.dtype | None = None, recipe: str | None = None,
+                    allow_recipe_change: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the saved network of its recipe (eager operations, eval mode) from `path` (str
     or pathlib.Path) on `device` (default: CUDA when present) in `dtype` (default: the saved
-    one). recipe: where the recipe is (a name, FILE.py or package.module; default: what the
-    checkpoint records). Returns (network, checkpoint dict); the dict's "config" is the
-    recipe's `Config`, its "recipe_warning" a message when the recipe file changed since."""
+    one). Nothing the file holds is run: a built-in recipe is rebuilt by its name; your own
+    recipe needs `recipe`, its FILE.py or package.module named by you (it runs), whose
+    SHA-256 must match the one recorded at training unless `allow_recipe_change`. Returns
+    (network, checkpoint dict); the dict's "config" is the recipe's `Config`, its
+    "recipe_warning" a message when the recipe file was allowed to differ."""
+    return rebuild(path, device, dtype, recipe, allow_recipe_change, LIBRARY_NAMES)
+
+
+def rebuild(path, device, dtype, recipe, allow_recipe_change: bool, names: dict) -> tuple[nn.Module, dict]:
+    """load_checkpoint, its messages naming the arguments as `names` says
+    (engine.recipe_files.LIBRARY_NAMES or CLI_NAMES)."""
+    if path is None:
+        raise TypeError("path must be a checkpoint's path (str or pathlib.Path), got None")
+    if recipe is not None and not isinstance(recipe, str):
+        raise TypeError(f"{names['recipe']} must be a recipe's name, file or module (a str), "
+                        f"got {type(recipe).__name__}")
+    if not isinstance(allow_recipe_change, bool):
+        raise TypeError(f"allow_recipe_change must be True or False, got {type(allow_recipe_change).__name__}")
     device = as_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dtype = as_dtype(dtype) if dtype is not None else None
     payload = read_checkpoint(path)
     try:
-        config_class, warning = checkpoint_recipe(payload, os.fspath(path), recipe)
+        config_class, warning = checkpoint_recipe(payload, os.fspath(path), recipe, allow_recipe_change, names)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
     try:
