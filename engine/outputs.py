@@ -111,6 +111,8 @@ def check_output_path(option: str, path, writable_folders: set | None = None) ->
     `option` otherwise. Creates nothing but a probe file, removed at once (none in a folder
     already in `writable_folders`, to which a probed folder is added)."""
     given = require_path(option, path)
+    if not given.strip():
+        raise OutputError(f"{option} {given!r}: an empty or blank path names no file; give a file name")
     if given.endswith(("/", os.sep)) or os.path.basename(given) in (".", ".."):
         raise OutputError(f"{option} {given}: names a folder, not a file; give a file name inside it "
                           f"(e.g. {os.path.join(given, 'results')})")
