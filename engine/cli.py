@@ -24,7 +24,8 @@ from engine.results.progress import Progress
 from engine.recipe_files import CLI_NAMES, find_recipe
 from engine.results.report import device_name, environment
 from engine.results.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
-from engine.results.sweep import Setups, SweepSession, parse_settings, sweep_points
+from engine.results.sweep import (Setups, SweepSession, count_points, parse_settings, require_sweep_size,
+                                  sweep_points)
 
 def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
     if name is None:
@@ -104,6 +105,7 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     try:
         require_seeds(args.seed, args.runs, name="--seed")
         world = world_from_env()
+        require_sweep_size(count_points(len(args.recipe.split(",")), args.set))   # before anything is built
         recipes = [find_recipe(spec.strip()) for spec in args.recipe.split(",")]
         points = sweep_points(recipes, parse_settings(args.set, recipes))
         # A typo should not wait for the data to load.
