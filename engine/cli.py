@@ -143,7 +143,7 @@ def train_main(argv: list, prog: str = "run.py") -> int:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             return 1
         try:
-            return train_runs(parser, args, points, world, device, dtype, kernels, peers)
+            return train_runs(parser, args, points, world, device, dtype, kernels, peers, locks)
         finally:
             finish(world)
 
@@ -165,7 +165,8 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
     return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
                               **(settings or {}))
 
-def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None) -> int:
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None,
+               locks: OutputLocks | None = None) -> int:
     """Load the data, build the trainer and loaders, and hand them to a Session (a
     SweepSession for several points)."""
     if args.download and not world.main:
@@ -227,7 +228,7 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
-                  quiet=args.quiet, peers=peers)
+                  quiet=args.quiet, peers=peers, locks=locks)
     if len(points) > 1:
         session = SweepSession(points, configs, setups, runs=args.runs, **common)
     else:
