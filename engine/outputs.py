@@ -137,11 +137,15 @@ def check_output_path(option: str, path, writable_folders: set | None = None) ->
         return path
     try:
         handle, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
+        try:
+            os.write(handle, b"0")         # a full disk creates an empty file but takes no byte
+        finally:
+            os.close(handle)
+            os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or error}); "
-                          f"choose a folder you can write to") from None
+        advice = "free some space or choose another folder" if error.errno in (errno.ENOSPC, errno.EDQUOT) \
+            else "choose a folder you can write to"
+        raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or error}); {advice}") from None
     if writable_folders is not None:
         writable_folders.add(folder)
     return path
@@ -294,11 +298,12 @@ class OutputLocks:
         try:
             os.ftruncate(handle, 0)
             os.write(handle, f"process {os.getpid()}\n".encode())
-        except OSError as error:          # a full disk: the lock works without its text
-            if error.errno != errno.ENOSPC:
-                os.close(handle)
-                raise OutputError(f"{option} {given}: cannot write its lock file {lock} "
-                                  f"({error.strerror or error})") from None
+        except OSError as error:          # a full disk: nothing is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            os.close(handle)
+            raise OutputError(f"{option} {given}: cannot write its lock file {lock} ({error.strerror or error}); "
+                              f"free some space or choose another folder") from None
         self.held[lock] = handle
 
     def free(self, path: str, option: str = "output") -> str:
