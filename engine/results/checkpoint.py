@@ -19,7 +19,7 @@ import torch
 
 from torch import nn
 
-from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path
+from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path, require_type
 from engine.training.ops import make_ops
 from engine.outputs import atomic_write
 from engine.recipe_files import LIBRARY_NAMES, checkpoint_recipe, recipe_record
@@ -41,7 +41,9 @@ def save_checkpoint(path, model: nn.Module, config, *, accuracy: float | None = 
     {"data": "synthetic", "synthetic_size": 50000, "seed": 0}; extra: anything else
     worth keeping (seed, kernels, ...); recipe: the --recipe name (default: the config's recipe).
     `path`: a str or pathlib.Path. Returns it as a str. The file gets the user's usual
-    permissions (0666 less the umask)."""
+    permissions (0666 less the umask). TypeError or ValueError, naming the argument, for an
+    argument of the wrong kind."""
+    require_save_arguments(path, model, config, accuracy, data_source, data, recipe)
     parameter = next(model.parameters())
     payload = {
         "format": FORMAT,
@@ -57,6 +59,31 @@ def save_checkpoint(path, model: nn.Module, config, *, accuracy: float | None = 
         **extra,
     }
     return atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def require_save_arguments(path, model, config, accuracy, data_source, data, recipe):
+    """TypeError or ValueError, naming the argument, unless save_checkpoint's arguments make a
+    checkpoint: a path to a file, a network with weights, a recipe's Config, an accuracy in
+    0..1 (or None), text, a dict."""
+    from engine.training.config import RecipeConfig
+
+    path = require_path("path", path)
+    if not path.strip():
+        raise ValueError("path is empty; give the checkpoint's file name (e.g. 'model.pt')")
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"path {path} is a folder; give a file name inside it (e.g. {os.path.join(path, 'model.pt')})")
+    require_type("model", model, nn.Module, "a network, e.g. a RunResult's ema_model")
+    if next(model.parameters(), None) is None:
+        raise ValueError("model has no weights; give a network built by a recipe")
+    require_type("config", config, RecipeConfig, "the recipe's Config the network was built from")
+    if accuracy is not None:
+        if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real):
+            raise TypeError(f"accuracy must be a number in 0..1 or None, got {type(accuracy).__name__} {accuracy!r}")
+        if not 0 <= accuracy <= 1:
+            raise ValueError(f"accuracy must lie in 0..1 (a fraction, not a percentage), got {accuracy}")
+    for name, value, kind in (("data_source", data_source, str), ("recipe", recipe, str), ("data", data, dict)):
+        if value is not None:
+            require_type(name, value, kind, f"a {kind.__name__} or None")
 
 
 def _missing_fields(payload: dict) -> list[str]:
