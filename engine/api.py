@@ -141,6 +141,9 @@ def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_si
         require_integer("batch_size", batch_size)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if views is not None and not callable(views):
+        raise TypeError(f"views must be a function views(forward, images) -> logits (engine.training.evaluation: "
+                        f"plain_logits, flip_averaged_logits) or None, got {type(views).__name__} {views!r}")
     config = model.config
     views = views or config.evaluation_views(final=True)
     if isinstance(data, Cifar10):

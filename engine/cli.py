@@ -229,10 +229,14 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
                   quiet=args.quiet, peers=peers, locks=locks)
-    if len(points) > 1:
-        session = SweepSession(points, configs, setups, runs=args.runs, **common)
-    else:
-        session = Session(trainer, train, test, runs=args.runs, **common)
+    try:                                  # a name derived from --json may still be refused (engine.outputs)
+        if len(points) > 1:
+            session = SweepSession(points, configs, setups, runs=args.runs, **common)
+        else:
+            session = Session(trainer, train, test, runs=args.runs, **common)
+    except OutputError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     return session.run()
 
 

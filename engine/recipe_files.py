@@ -166,14 +166,18 @@ def _import(load, where: str):
         return load()
     except _Interrupted:
         raise KeyboardInterrupt() from None
-    except (Exception, SystemExit, KeyboardInterrupt) as error:
+    except BaseException as error:         # SystemExit, KeyboardInterrupt, GeneratorExit included
         raise _loading_error(where, error) from None
 
 
 def _loading_error(where: str, error: BaseException) -> ValueError:
     line = f" (line {error.lineno})" if isinstance(error, SyntaxError) and error.lineno else ""
-    what = {SystemExit: "it called sys.exit", KeyboardInterrupt: "it raised KeyboardInterrupt"}.get(type(error))
-    text = " ".join(str(error).split())[:300]
+    what = ("it called sys.exit" if isinstance(error, SystemExit) else
+            f"it raised {type(error).__name__}" if not isinstance(error, Exception) else None)
+    try:
+        text = " ".join(str(error).split())[:300]
+    except Exception:                      # an exception whose text cannot be made
+        text = "(its message cannot be shown)"
     detail = f"{what} ({text})" if what and text else what or f"{type(error).__name__}: {text}{line}"
     return ValueError(f"{where} could not be loaded: {detail}; "
                       f"fix the file or give a built-in recipe ({', '.join(RECIPES)})")
@@ -183,8 +187,8 @@ def recipe_source(spec: str, option: str = "--recipe") -> str | None:
     """The file a recipe `spec` loads, found without running it: a .py file's absolute path,
     a dotted module's file (its parent packages are imported to find it), or None for a
     built-in name. ValueError (one line) when `spec` names no recipe file or module."""
-    where = f"{option} {spec}"
     require_type(option, spec, str, "a recipe: a built-in name, a recipe file (.py) or a module name")
+    where = f"{option} {spec if spec.strip() else repr(spec)}"
     if spec in RECIPES:
         return None
     if os.path.isdir(spec) and not (MODULE_NAME.match(spec) and not spec.endswith(".py")):

@@ -1,5 +1,7 @@
 """The library checks its arguments (issue 25): a TypeError or ValueError naming the argument,
 never an AttributeError from deep inside, and never a command-line flag in the message."""
+import os
+
 import pytest
 import torch
 
@@ -38,6 +40,10 @@ CASES = [
     ("fit data missing", lambda d: engine.fit(CONFIG, d / "nothing", device="cpu"), ValueError, "data"),
     ("fit absurd width", lambda d: engine.fit(make_config("seed", base_width=10 ** 6), device="cpu"), ValueError,
      "base_width"),
+    ("save_checkpoint path a FIFO", lambda d: os.mkfifo(d / "pipe.pt") or engine.save_checkpoint(d / "pipe.pt", network(),
+                                                                                            CONFIG), ValueError, "path"),
+    ("evaluate views a name", lambda d: engine.evaluate(network(), engine.make_synthetic(64), views="flip"), TypeError,
+     "views"),
     ("evaluate batch_size a bool", lambda d: engine.evaluate(network(), engine.make_synthetic(64), batch_size=True),
      TypeError, "batch_size"),
 ]

@@ -130,6 +130,12 @@ def write(path: Path, text: str) -> str:
     (lambda d: write(d / "quits.py", "import sys\nsys.exit()\n"), "could not be loaded: it called sys.exit"),
     (lambda d: write(d / "stops.py", "raise KeyboardInterrupt\n"), "could not be loaded: it raised KeyboardInterrupt"),
     (lambda d: write(d / "lines.py", "raise ValueError('one\\ntwo\\nthree')\n"), "ValueError: one two three"),
+    (lambda d: write(d / "gen.py", "raise GeneratorExit\n"), "could not be loaded: it raised GeneratorExit"),
+    (lambda d: write(d / "sub.py", "class Stop(KeyboardInterrupt):\n    pass\nraise Stop()\n"),
+     "could not be loaded: it raised Stop"),
+    (lambda d: write(d / "text.py", "class E(Exception):\n    def __str__(self):\n        raise RuntimeError\nraise E()\n"),
+     "could not be loaded: E: (its message cannot be shown)"),
+    (lambda d: " ", "': choose a built-in recipe"),          # a blank name, quoted
 ])
 def test_a_recipe_that_is_not_one_gets_a_one_line_error(tmp_path, capsys, make, message):
     spec = make(tmp_path)

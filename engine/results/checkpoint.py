@@ -19,9 +19,10 @@ import torch
 
 from torch import nn
 
-from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path, require_type
+from engine.checks import (DTYPES, as_device, as_dtype, dtype_name, require_network_fits, require_path,
+                           require_type)
 from engine.training.ops import make_ops
-from engine.outputs import atomic_write
+from engine.outputs import NotAFileError, atomic_write, replaceable
 from engine.recipe_files import LIBRARY_NAMES, checkpoint_recipe, recipe_record
 
 FORMAT = "cifar-speedrun checkpoint 1"
@@ -72,6 +73,10 @@ def require_save_arguments(path, model, config, accuracy, data_source, data, rec
         raise ValueError("path is empty; give the checkpoint's file name (e.g. 'model.pt')")
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
         raise ValueError(f"path {path} is a folder; give a file name inside it (e.g. {os.path.join(path, 'model.pt')})")
+    try:
+        replaceable(path)
+    except NotAFileError as error:
+        raise ValueError(f"path {error}") from None
     require_type("model", model, nn.Module, "a network, e.g. a RunResult's ema_model")
     if next(model.parameters(), None) is None:
         raise ValueError("model has no weights; give a network built by a recipe")
@@ -207,6 +212,10 @@ def rebuild(path, device, dtype, recipe, allow_recipe_change: bool, names: dict)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its config does not fit this version of the engine ({error}).") from None
     dtype = dtype or DTYPES[payload["dtype"]]
+    try:                                   # an edited config must not allocate without bound
+        require_network_fits(config, device, dtype, name="base_width")
+    except ValueError as error:
+        raise CheckpointError(f"{path}: its config describes a network that cannot be built here ({error}).") from None
     model = config.build_network(make_ops("eager"), device, dtype)
     mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
     if mismatch:
