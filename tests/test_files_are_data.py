@@ -147,3 +147,17 @@ def test_a_recipe_that_is_not_one_gets_a_one_line_error(tmp_path, capsys, make, 
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_checkpoint_whose_config_is_absurd_is_refused_before_its_network_is_built(tmp_path, capsys, monkeypatch):
+    config = make_config("seed", base_width=4, epochs=1, batch_size=64, train_images=256).to_dict()
+    checkpoint = tiny_checkpoint(tmp_path / "wide.pt", config={**config, "base_width": 10 ** 7})
+    from engine.recipes import seed
+    build = seed.Config.build_network
+
+    def only_counted(self, ops, device, dtype):      # the size check builds it on the meta device only
+        assert torch.device(device).type == "meta", "built an absurd network"
+        return build(self, ops, device, dtype)
+    monkeypatch.setattr(seed.Config, "build_network", only_counted)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--device", "cpu"]) == 2
+    assert "its config describes a network that cannot be built here" in capsys.readouterr().err
