@@ -18,8 +18,8 @@ import torch
 
 from torch import nn
 
-from engine.checks import (as_device, as_dtype, dtype_name, require_labels, require_seeds, require_synthetic_fits,
-                           require_type)
+from engine.checks import (as_device, as_dtype, dtype_name, require_labels, require_network_fits, require_seeds,
+                           require_synthetic_fits, require_type)
 from engine.training.config import NUM_CLASSES, RecipeConfig
 from engine.training.data import Cifar10, CifarLoader, load_cifar10
 from engine.training.evaluation import evaluate as evaluate_loader
@@ -28,6 +28,12 @@ from engine.results.progress import Progress
 from engine.recipes.seed import Config
 from engine.results.session import final_line, flag_learned_nothing
 from engine.training.train import RunResult, Trainer
+
+
+def require_integer(name: str, value):
+    """TypeError naming `name` unless `value` is an integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
 
 
 def default_device() -> torch.device:
@@ -80,13 +86,25 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
     require_type("data", data, (str, os.PathLike, Cifar10),
                  "'synthetic', a path (str or pathlib.Path) or an engine.Cifar10 from load_cifar10")
     require_seeds(seed)
+    for name, value in (("compile", compile), ("progress", progress)):
+        require_type(name, value, bool, "True or False")
+    require_integer("synthetic_size", synthetic_size)
+    if kernels is not None:
+        require_type("kernels", kernels, str, "'eager' or 'triton'")
     device = as_device(device) if device is not None else default_device()
     dtype = as_dtype(dtype) if dtype is not None else default_dtype(device)
     ops = make_ops(kernels or default_kernels(device))
+    require_network_fits(config, device, dtype, name="the config's base_width")
     if not isinstance(data, Cifar10):
         data = os.fspath(data)
+        if not data.strip():
+            raise ValueError("data is an empty path; give 'synthetic', a CIFAR-10 root, an .npz file or an "
+                             "image folder")
         if data == "synthetic":
             require_synthetic_fits(synthetic_size, device, name="synthetic_size")
+        elif not os.path.exists(data):
+            raise ValueError(f"data {data!r}: no such file or folder; give 'synthetic', an .npz file, an image "
+                             f"folder or a CIFAR-10 root (engine.load_cifar10(path, download=True) fetches it)")
         data = load_cifar10(data, synthetic_size=synthetic_size, seed=seed)
     for split in ("train", "test"):     # a Cifar10 built by hand: labels the network can output
         require_labels(f"data.{split}_labels", getattr(data, f"{split}_labels"),
@@ -120,9 +138,12 @@ def evaluate(model: nn.Module, data: CifarLoader | Cifar10, views=None, batch_si
     require_type("model.config", getattr(model, "config", None), RecipeConfig,
                  "the recipe's Config: build the network with a recipe (Config.build_network, fit, load_checkpoint)")
     if batch_size is not None:
-        require_type("batch_size", batch_size, numbers.Integral, "a positive integer")
+        require_integer("batch_size", batch_size)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if views is not None and not callable(views):
+        raise TypeError(f"views must be a function views(forward, images) -> logits (engine.training.evaluation: "
+                        f"plain_logits, flip_averaged_logits) or None, got {type(views).__name__} {views!r}")
     config = model.config
     views = views or config.evaluation_views(final=True)
     if isinstance(data, Cifar10):

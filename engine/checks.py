@@ -182,8 +182,8 @@ NETWORK_COPIES = 5          # the network, its EMA copy, gradients, momenta, and
 
 
 def require_network_fits(config, device: torch.device, dtype: torch.dtype, host_bytes: int | None = None,
-                         device_bytes: int | None = None):
-    """ValueError, naming --base-width, when NETWORK_COPIES copies of `config`'s network
+                         device_bytes: int | None = None, name: str = "--base-width"):
+    """ValueError, naming `name` (--base-width), when NETWORK_COPIES copies of `config`'s network
     (its parameters and buffers counted on the meta device, nothing allocated) cannot fit in
     host memory (CPU) or in the device's free memory (CUDA). host_bytes/device_bytes: what
     is available (default: asked)."""
@@ -201,7 +201,7 @@ def require_network_fits(config, device: torch.device, dtype: torch.dtype, host_
         width = getattr(config, "base_width", None)
         raise ValueError(f"the network{f' of base width {width}' if width else ''} has {elements / 1e6:,.0f} M "
                          f"weights and needs about {needed / 1e9:.1f} GB of {where} to train, but only "
-                         f"{available / 1e9:.1f} GB is free; lower --base-width")
+                         f"{available / 1e9:.1f} GB is free; lower {name}")
 
 
 def require_synthetic_fits(train_images: int, device: torch.device, host_bytes: int | None = None,

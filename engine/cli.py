@@ -10,7 +10,7 @@ import time
 import torch
 
 from engine.api import default_dtype, default_kernels, evaluate, make_deterministic
-from engine.results.checkpoint import CheckpointError, load_checkpoint
+from engine.results.checkpoint import CheckpointError, rebuild
 from engine.checks import DTYPES, dtype_name, require_network_fits, require_seeds, require_synthetic_fits
 from engine.training.data import DataError, convert, load_cifar10, take_subset
 from engine.results.distributed import PeersMissing, World, barrier, finish, start, world_from_env
@@ -21,10 +21,11 @@ from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, bui
 from engine.outputs import OutputError, OutputLocks
 from engine.results.plots import require_matplotlib
 from engine.results.progress import Progress, Ticker
-from engine.recipe_files import find_recipe
+from engine.recipe_files import CLI_NAMES, find_recipe
 from engine.results.report import device_name, environment
 from engine.results.session import EXIT_STATUS, Outputs, Session, signals_stop, write_json_or_rescue
-from engine.results.sweep import Setups, SweepSession, parse_settings, sweep_points
+from engine.results.sweep import (Setups, SweepSession, count_points, parse_settings, require_sweep_size,
+                                  sweep_points)
 
 def resolve_device(parser, name: str | None, world: World = World()) -> torch.device:
     if name is None:
@@ -86,6 +87,7 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     try:
         require_seeds(args.seed, args.runs, name="--seed")
         world = world_from_env()
+        require_sweep_size(count_points(len(args.recipe.split(",")), args.set))   # before anything is built
         recipes = [find_recipe(spec.strip()) for spec in args.recipe.split(",")]
         points = sweep_points(recipes, parse_settings(args.set, recipes))
         # A typo should not wait for the data to load.
@@ -125,7 +127,7 @@ def train_main(argv: list, prog: str = "run.py") -> int:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             return 1
         try:
-            return train_runs(parser, args, points, world, device, dtype, kernels, peers)
+            return train_runs(parser, args, points, world, device, dtype, kernels, peers, locks)
         finally:
             finish(world)
 
@@ -147,7 +149,8 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
     return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
                               **(settings or {}))
 
-def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None) -> int:
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None,
+               locks: OutputLocks | None = None) -> int:
     """Load the data, build the trainer and loaders, and hand them to a Session (a
     SweepSession for several points)."""
     if args.download and not world.main:
@@ -228,11 +231,15 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,
-                  quiet=args.quiet, peers=peers)
-    if len(points) > 1:
-        session = SweepSession(points, configs, setups, runs=args.runs, **common)
-    else:
-        session = Session(trainer, train, test, runs=args.runs, **common)
+                  quiet=args.quiet, peers=peers, locks=locks)
+    try:                                  # a name derived from --json may still be refused (engine.outputs)
+        if len(points) > 1:
+            session = SweepSession(points, configs, setups, runs=args.runs, **common)
+        else:
+            session = Session(trainer, train, test, runs=args.runs, **common)
+    except OutputError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     return session.run()
 
 
@@ -295,6 +302,9 @@ def checkpoint_paths(given: list[str]) -> list[str]:
 def evaluate_main(argv, prog: str = "run.py") -> int:
     parser = build_evaluate_parser(prog)
     args = parser.parse_args(argv)
+    if args.allow_recipe_change and not args.recipe:
+        parser.error("--allow-recipe-change only applies with --recipe FILE (the recipe file you name); "
+                     "add --recipe or drop it")
     try:
         paths = checkpoint_paths(args.checkpoint)
     except ValueError as error:
@@ -329,8 +339,8 @@ def evaluate_checkpoint(parser, args, path: str, device, datasets: dict) -> tupl
     """Re-measure one checkpoint; (exit status, its JSON record or None). `datasets` keeps
     the data loaded for earlier checkpoints."""
     try:
-        model, saved = load_checkpoint(path, device, DTYPES[args.dtype] if args.dtype else None,
-                                       recipe=args.recipe)
+        model, saved = rebuild(path, device, DTYPES[args.dtype] if args.dtype else None, args.recipe,
+                               args.allow_recipe_change, CLI_NAMES)
     except CheckpointError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2, None

@@ -180,6 +180,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def output_path(text: str) -> str:
+    """An output option's path: refused up front when empty or blank (it names no file)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty or blank path, which names no file; give a file name")
+    return text
+
+
 def program_name(argv0: str) -> str:
     """How the user started us, for messages: the installed command or run.py."""
     return "cifar-speedrun" if os.path.basename(argv0) == "cifar-speedrun" else "run.py"
@@ -230,10 +237,10 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g = p.add_argument_group("runs and output")
     g.add_argument("--runs", type=positive_int, default=1, help="independent runs (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed+i (default 0)")
-    g.add_argument("--json", metavar="PATH", help="write every run and the summary to this JSON file")
-    g.add_argument("--plot", metavar="PATH.png",
+    g.add_argument("--json", metavar="PATH", type=output_path, help="write every run and the summary to this JSON file")
+    g.add_argument("--plot", metavar="PATH.png", type=output_path,
                    help="draw every run's training curves and the spread of final accuracies (needs matplotlib)")
-    g.add_argument("--save", metavar="PATH",
+    g.add_argument("--save", metavar="PATH", type=output_path,
                    help="write each run's reported network (the EMA network for the seed recipes) with its "
                         "recipe, config, data and accuracy (with "
                         f"--runs above 1, PATH gets -seedS before its extension); see `{prog} evaluate`")
@@ -285,15 +292,19 @@ def build_evaluate_parser(prog: str = "run.py") -> argparse.ArgumentParser:
 
     p.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
                    help=f"one or more files written by {prog} --save, or a quoted glob pattern ('runs/m-*.pt')")
-    p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, a recipe file or a "
-                                                      "module (default: what the checkpoint records)")
+    p.add_argument("--recipe", metavar="RECIPE", help="the recipe it was trained with: a name, or your own recipe's "
+                                                      "file or module, which runs (the checkpoint names none: it "
+                                                      "never runs code); checked against the SHA-256 recorded "
+                                                      "at training before it runs")
+    p.add_argument("--allow-recipe-change", action="store_true",
+                   help="rebuild the network even when --recipe FILE differs from the file it was trained with")
     p.add_argument("--data", help=f"as {prog} --data (default: the data the checkpoint was trained on)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
     p.add_argument("--synthetic-size", type=positive_int, help="for --data synthetic (default: as recorded)")
     p.add_argument("--data-seed", type=int, help="for --data synthetic (default: as recorded)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, help="(default: the saved network's)")
-    p.add_argument("--json", metavar="PATH", help="write both accuracies, the checkpoint's record, device and "
+    p.add_argument("--json", metavar="PATH", type=output_path, help="write both accuracies, the checkpoint's record, device and "
                                                   "versions to this JSON file")
     return p
 
@@ -304,7 +315,7 @@ def build_convert_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                                             "test_images, test_labels, classes): the quickest to load and to copy.")
     p.add_argument("source", metavar="SRC", help="a torchvision CIFAR-10 root, an image folder "
                                                  "(ROOT/train/<class>/*, ROOT/test/<class>/*) or an .npz file")
-    p.add_argument("out", metavar="OUT.npz", help="the file to write (atomically: replaced only when complete)")
+    p.add_argument("out", metavar="OUT.npz", type=output_path, help="the file to write (atomically: replaced only when complete)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into SRC first")
     return p
 

@@ -19,8 +19,11 @@ the same file is refused instead of silently replacing the first one's results.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import re
 import stat
 import tempfile
 import time
@@ -38,6 +41,10 @@ def file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+class LockedError(OutputError):
+    """An output another process writes or has reserved now; the message names that process."""
 
 
 class NotAFileError(OSError):
@@ -111,6 +118,8 @@ def check_output_path(option: str, path, writable_folders: set | None = None) ->
     `option` otherwise. Creates nothing but a probe file, removed at once (none in a folder
     already in `writable_folders`, to which a probed folder is added)."""
     given = require_path(option, path)
+    if not given.strip():
+        raise OutputError(f"{option} {given!r}: an empty or blank path names no file; give a file name")
     if given.endswith(("/", os.sep)) or os.path.basename(given) in (".", ".."):
         raise OutputError(f"{option} {given}: names a folder, not a file; give a file name inside it "
                           f"(e.g. {os.path.join(given, 'results')})")
@@ -128,11 +137,15 @@ def check_output_path(option: str, path, writable_folders: set | None = None) ->
         return path
     try:
         handle, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
+        try:
+            os.write(handle, b"0")         # a full disk creates an empty file but takes no byte
+        finally:
+            os.close(handle)
+            os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or error}); "
-                          f"choose a folder you can write to") from None
+        advice = "free some space or choose another folder" if error.errno in (errno.ENOSPC, errno.EDQUOT) \
+            else "choose a folder you can write to"
+        raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or error}); {advice}") from None
     if writable_folders is not None:
         writable_folders.add(folder)
     return path
@@ -170,12 +183,13 @@ def write_or_rescue(write: Callable[[str], object], path: str, what: str) -> tup
     name = (f"cifar-speedrun-rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
             f"{os.path.basename(os.path.normpath(path)) or 'output'}")
     for folder in rescue_folders():
-        rescued = free_name(os.path.join(folder, name))
-        try:
-            write(rescued)
-            return rescued, f"{failure}; wrote it to {rescued} instead"
-        except Exception:
-            continue
+        with OutputLocks() as locks:        # the name is reserved while it is written
+            try:
+                rescued = locks.free(os.path.join(folder, name), "rescue")
+                write(rescued)
+                return rescued, f"{failure}; wrote it to {rescued} instead"
+            except Exception:
+                continue
     return None, f"{failure}; nor could it be written to {' or '.join(rescue_folders())}"
 
 
@@ -195,30 +209,80 @@ def lock_path(path: str) -> str:
     return os.path.join(folder, f".{name}.lock")
 
 
+LOCK_TEXT = re.compile(rb"(process \d+\n?)?")
+
+
+def lock_holder(lock: str) -> str | None:
+    """Who holds the lock file `lock` ("process N"), or None when no process does (or it is not
+    there, or not a regular file)."""
+    try:
+        handle = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(handle, 64).decode(errors="replace").strip() or "another process"
+        return None
+    finally:
+        os.close(handle)
+
+
 class OutputLocks:
     """Exclusive locks (flock) on lock files beside outputs, held while a run writes them.
 
     `acquire(option, path)` raises OutputError naming the option and the process that
     holds the lock when another process writes the same file; a lock dies with its
-    process (kill -9 included), so none is ever stale. `release()` removes the lock files.
+    process (kill -9 included), so none is ever stale. An output that is another run's lock
+    file, or whose lock file is another run's output, is refused the same way, and a file at
+    the lock's place that is not a lock file is never written into (refused, naming it).
+    `free(path)` chooses and reserves a name derived from an output (numbered when taken by
+    a file or by another process's lock). `release()` removes the lock files.
     Use as a context manager: `with OutputLocks() as locks: locks.acquire(...)`."""
 
     def __init__(self):
         self.held = {}                    # lock file -> its open descriptor
 
+    def _others(self, lock: str) -> str | None:
+        """Who else holds `lock` (None when nobody, or this object)."""
+        return None if lock in self.held else lock_holder(lock)
+
     def acquire(self, option: str, path):
-        lock = lock_path(require_path(option, path))
+        given = require_path(option, path)
+        lock = lock_path(given)
         if lock in self.held:
             return
+        holder = self._others(os.path.abspath(given))
+        if holder:
+            raise LockedError(f"{option} {given}: is the lock file of another run ({holder}) that is writing "
+                              f"beside it now; give another path")
+        holder = self._others(lock_path(lock))
+        if holder:
+            raise LockedError(f"{option} {given}: its lock file {lock} is the output of another run ({holder}); "
+                              f"wait for it to end or give another path")
         os.makedirs(os.path.dirname(lock), exist_ok=True)
         while True:
-            handle = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+            try:
+                handle = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, file_mode())
+            except OSError as error:
+                if os.path.islink(lock) or error.errno in (errno.ELOOP, errno.ENXIO):
+                    raise OutputError(f"{option} {given}: {lock}, where its lock file goes, is not a regular file; "
+                                      f"move it away or give another path") from None
+                raise OutputError(f"{option} {given}: cannot create its lock file {lock} "
+                                  f"({error.strerror or error}); choose a folder you can write to") from None
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                os.close(handle)
+                raise OutputError(f"{option} {given}: {lock}, where its lock file goes, is not a regular file; "
+                                  f"move it away or give another path")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(handle, 64).decode(errors="replace").strip() or "another process"
                 os.close(handle)
-                raise OutputError(f"{option} {path}: another run ({holder}) is writing this file now; "
+                raise LockedError(f"{option} {given}: another run ({holder}) is writing this file now; "
                                   f"wait for it to end or give another path") from None
             try:                          # the lock file may have been removed by its last holder
                 same = os.stat(lock).st_ino == os.fstat(handle).st_ino
@@ -227,9 +291,48 @@ class OutputLocks:
             if same:
                 break
             os.close(handle)
-        os.ftruncate(handle, 0)
-        os.write(handle, f"process {os.getpid()}\n".encode())
+        if not LOCK_TEXT.fullmatch(os.pread(handle, 4096, 0)):
+            os.close(handle)
+            raise OutputError(f"{option} {given}: {lock}, where its lock file goes, holds something else (not a "
+                              f"lock file); it is never written into: move it away or give another path")
+        try:
+            os.ftruncate(handle, 0)
+            os.write(handle, f"process {os.getpid()}\n".encode())
+        except OSError as error:          # a full disk: nothing is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            os.close(handle)
+            raise OutputError(f"{option} {given}: cannot write its lock file {lock} ({error.strerror or error}); "
+                              f"free some space or choose another folder") from None
         self.held[lock] = handle
+
+    def free(self, path: str, option: str = "output") -> str:
+        """`path`, or `path` with -2, -3, ... before its extension: the first that is neither a
+        file nor reserved by another process, reserved (locked) here before it is returned."""
+        root, extension = os.path.splitext(path)
+        number = 1
+        while True:
+            if not os.path.lexists(path) and not self._others(lock_path(path)):
+                try:
+                    self.acquire(option, path)
+                except LockedError:         # taken by another process meanwhile
+                    pass
+                else:
+                    if not os.path.lexists(path):
+                        return path
+                    self.drop(path)
+            number += 1
+            path = f"{root}-{number}{extension}"
+
+    def drop(self, path: str):
+        """Release the lock of output `path` alone (taken by `free` for a name then found taken)."""
+        lock = lock_path(path)
+        handle = self.held.pop(lock, None)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(lock).st_ino == os.fstat(handle).st_ino:
+                    os.unlink(lock)
+            os.close(handle)
 
     def release(self):
         for lock, handle in self.held.items():

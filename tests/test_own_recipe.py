@@ -109,19 +109,21 @@ def test_the_example_recipe_trains_saves_and_evaluates_from_the_command_line(tmp
         "seed-dropout", str(recipe), file_sha256(str(recipe)))
     capsys.readouterr()
 
-    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu"]) == 0
+    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu"]) == 2      # the file is never run unnamed
+    assert "name that recipe's file yourself with --recipe FILE" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu", "--recipe", str(recipe)]) == 0
     lines = capsys.readouterr()
     assert "difference +0.00 points" in lines.out and "warning" not in lines.err
 
     recipe.write_text(recipe.read_text() + "\n# changed after training\n")
-    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu"]) == 0
-    assert f"warning: the recipe file {recipe} changed since" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu", "--recipe", str(recipe)]) == 2
+    assert f"--recipe {recipe} is not the recipe file {model} was trained with" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu", "--recipe", str(recipe),
+                 "--allow-recipe-change"]) == 0
+    assert "warning: --recipe" in capsys.readouterr().err
 
     moved = tmp_path / "elsewhere.py"
-    recipe.rename(moved)
-    assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu"]) == 2
-    assert f"trained with the recipe file {recipe}, which is not there any more; pass --recipe FILE" \
-        in capsys.readouterr().err
+    shutil.copy(EXAMPLE, moved)
     assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu", "--recipe", str(moved)]) == 0
     assert "difference +0.00 points" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(model), "--device", "cpu", "--recipe", "airbench94-muon"]) == 2
@@ -136,8 +138,8 @@ def test_a_config_subclass_from_the_library_round_trips_through_a_checkpoint(tmp
     data = engine.make_synthetic(256, seed=0)
     result = engine.fit(config, data, seed=0, device="cpu")
     path = engine.save_checkpoint(tmp_path / "tiny.pt", result.ema_model, config, accuracy=result.ema_accuracy)
-    model, saved = load_checkpoint(path, device="cpu")
+    model, saved = load_checkpoint(path, device="cpu", recipe=str(EXAMPLE))
     assert saved["config"].dropout == 0.3 and saved["recipe"] == "seed-dropout"
     assert engine.evaluate(model, data) == result.ema_accuracy
-    with pytest.raises(CheckpointError, match="trained with recipe 'seed-dropout', but --recipe seed"):
+    with pytest.raises(CheckpointError, match="trained with recipe 'seed-dropout', but recipe seed"):
         load_checkpoint(path, device="cpu", recipe="seed")

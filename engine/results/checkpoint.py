@@ -19,10 +19,11 @@ import torch
 
 from torch import nn
 
-from engine.checks import DTYPES, as_device, as_dtype, dtype_name, require_path
+from engine.checks import (DTYPES, as_device, as_dtype, dtype_name, require_network_fits, require_path,
+                           require_type)
 from engine.training.ops import make_ops
-from engine.outputs import atomic_write
-from engine.recipe_files import checkpoint_recipe, recipe_record
+from engine.outputs import NotAFileError, atomic_write, replaceable
+from engine.recipe_files import LIBRARY_NAMES, checkpoint_recipe, recipe_record
 
 FORMAT = "cifar-speedrun checkpoint 1"
 
@@ -41,7 +42,9 @@ def save_checkpoint(path, model: nn.Module, config, *, accuracy: float | None = 
     {"data": "synthetic", "synthetic_size": 50000, "seed": 0}; extra: anything else
     worth keeping (seed, kernels, ...); recipe: the --recipe name (default: the config's recipe).
     `path`: a str or pathlib.Path. Returns it as a str. The file gets the user's usual
-    permissions (0666 less the umask)."""
+    permissions (0666 less the umask). TypeError or ValueError, naming the argument, for an
+    argument of the wrong kind."""
+    require_save_arguments(path, model, config, accuracy, data_source, data, recipe)
     parameter = next(model.parameters())
     payload = {
         "format": FORMAT,
@@ -59,6 +62,35 @@ def save_checkpoint(path, model: nn.Module, config, *, accuracy: float | None = 
     return atomic_write(path, lambda file: torch.save(payload, file))
 
 
+def require_save_arguments(path, model, config, accuracy, data_source, data, recipe):
+    """TypeError or ValueError, naming the argument, unless save_checkpoint's arguments make a
+    checkpoint: a path to a file, a network with weights, a recipe's Config, an accuracy in
+    0..1 (or None), text, a dict."""
+    from engine.training.config import RecipeConfig
+
+    path = require_path("path", path)
+    if not path.strip():
+        raise ValueError("path is empty; give the checkpoint's file name (e.g. 'model.pt')")
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"path {path} is a folder; give a file name inside it (e.g. {os.path.join(path, 'model.pt')})")
+    try:
+        replaceable(path)
+    except NotAFileError as error:
+        raise ValueError(f"path {error}") from None
+    require_type("model", model, nn.Module, "a network, e.g. a RunResult's ema_model")
+    if next(model.parameters(), None) is None:
+        raise ValueError("model has no weights; give a network built by a recipe")
+    require_type("config", config, RecipeConfig, "the recipe's Config the network was built from")
+    if accuracy is not None:
+        if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real):
+            raise TypeError(f"accuracy must be a number in 0..1 or None, got {type(accuracy).__name__} {accuracy!r}")
+        if not 0 <= accuracy <= 1:
+            raise ValueError(f"accuracy must lie in 0..1 (a fraction, not a percentage), got {accuracy}")
+    for name, value, kind in (("data_source", data_source, str), ("recipe", recipe, str), ("data", data, dict)):
+        if value is not None:
+            require_type(name, value, kind, f"a {kind.__name__} or None")
+
+
 def _missing_fields(payload: dict) -> list[str]:
     """The fields load_checkpoint needs that are absent or of the wrong kind."""
     state = payload.get("state_dict")
@@ -69,6 +101,8 @@ def _missing_fields(payload: dict) -> list[str]:
         "state_dict": not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()),
         "config": not isinstance(payload.get("config"), dict),
         "recipe": not isinstance(payload.get("recipe", "seed"), str),   # files from before recipes: seed
+        "recipe_file": not isinstance(payload.get("recipe_file", ""), (str, type(None))),
+        "recipe_sha256": not isinstance(payload.get("recipe_sha256", ""), (str, type(None))),
         "dtype": payload.get("dtype") not in DTYPES,
         "accuracy": accuracy is not None and not isinstance(accuracy, numbers.Real),
         "data": not isinstance(data, dict) or not isinstance(data.get("data", ""), (str, type(None)))
@@ -142,18 +176,33 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
-def load_checkpoint(path, device=None, dtype: torch.dtype | None = None,
-                    recipe: str | None = None) -> tuple[nn.Module, dict]:
+def load_checkpoint(path, device=None, dtype: torch.dtype | None = None, recipe: str | None = None,
+                    allow_recipe_change: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the saved network of its recipe (eager operations, eval mode) from `path` (str
     or pathlib.Path) on `device` (default: CUDA when present) in `dtype` (default: the saved
-    one). recipe: where the recipe is (a name, FILE.py or package.module; default: what the
-    checkpoint records). Returns (network, checkpoint dict); the dict's "config" is the
-    recipe's `Config`, its "recipe_warning" a message when the recipe file changed since."""
+    one). Nothing the file holds is run: a built-in recipe is rebuilt by its name; your own
+    recipe needs `recipe`, its FILE.py or package.module named by you (it runs), whose
+    SHA-256 must match the one recorded at training unless `allow_recipe_change`. Returns
+    (network, checkpoint dict); the dict's "config" is the recipe's `Config`, its
+    "recipe_warning" a message when the recipe file was allowed to differ."""
+    return rebuild(path, device, dtype, recipe, allow_recipe_change, LIBRARY_NAMES)
+
+
+def rebuild(path, device, dtype, recipe, allow_recipe_change: bool, names: dict) -> tuple[nn.Module, dict]:
+    """load_checkpoint, its messages naming the arguments as `names` says
+    (engine.recipe_files.LIBRARY_NAMES or CLI_NAMES)."""
+    if path is None:
+        raise TypeError("path must be a checkpoint's path (str or pathlib.Path), got None")
+    if recipe is not None and not isinstance(recipe, str):
+        raise TypeError(f"{names['recipe']} must be a recipe's name, file or module (a str), "
+                        f"got {type(recipe).__name__}")
+    if not isinstance(allow_recipe_change, bool):
+        raise TypeError(f"allow_recipe_change must be True or False, got {type(allow_recipe_change).__name__}")
     device = as_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dtype = as_dtype(dtype) if dtype is not None else None
     payload = read_checkpoint(path)
     try:
-        config_class, warning = checkpoint_recipe(payload, os.fspath(path), recipe)
+        config_class, warning = checkpoint_recipe(payload, os.fspath(path), recipe, allow_recipe_change, names)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
     try:
@@ -163,6 +212,10 @@ def load_checkpoint(path, device=None, dtype: torch.dtype | None = None,
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its config does not fit this version of the engine ({error}).") from None
     dtype = dtype or DTYPES[payload["dtype"]]
+    try:                                   # an edited config must not allocate without bound
+        require_network_fits(config, device, dtype, name="base_width")
+    except ValueError as error:
+        raise CheckpointError(f"{path}: its config describes a network that cannot be built here ({error}).") from None
     model = config.build_network(make_ops("eager"), device, dtype)
     mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
     if mismatch:

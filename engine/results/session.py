@@ -46,7 +46,7 @@ from engine.results.checkpoint import save_checkpoint
 from engine.training.config import NUM_CLASSES
 from engine.results.distributed import Peers, World, gather
 from engine.errors import explain
-from engine.outputs import OutputError, atomic_write, check_output_paths, free_name, write_or_rescue
+from engine.outputs import OutputError, OutputLocks, atomic_write, check_output_paths, write_or_rescue
 from engine.results.progress import Progress
 from engine.results.report import device_name, format_summary, summarize, write_json
 from engine.training.train import TrainingDiverged
@@ -227,10 +227,11 @@ def held_runs(path: str, ours: bool = False) -> int | None:
     return len(runs) if isinstance(runs, list) else None if ours else 1
 
 
-def beside(path: str, word: str) -> str:
-    """A free name beside `path` with `word` before its extension: runs.json -> runs.WORD.json."""
+def beside(path: str, word: str, locks: OutputLocks) -> str:
+    """A free name beside `path` with `word` before its extension, runs.json -> runs.WORD.json
+    (numbered when a file or another process has it), reserved in `locks` (OutputLocks.free)."""
     root, extension = os.path.splitext(path)
-    return free_name(f"{root}.{word}{extension or '.json'}")
+    return locks.free(f"{root}.{word}{extension or '.json'}", f"the {word} file of {path}")
 
 
 def write_json_or_rescue(path: str, payload: dict, quiet: bool = False, what: str = "the JSON") -> str | None:
@@ -263,7 +264,7 @@ class Session:
                  outputs: Outputs = Outputs(), show: Progress | None = None, data_source: str = "",
                  context: dict | None = None, checkpoint_fields: dict | None = None,
                  evaluate_every_epoch: bool = True, warmup_seconds: float = 0.0, quiet: bool = False,
-                 peers: Peers | None = None):
+                 peers: Peers | None = None, locks: OutputLocks | None = None):
         self.trainer, self.train, self.test = trainer, train, test
         self.config = trainer.config
         self.runs, self.first_seed, self.world, self.outputs, self.peers = runs, first_seed, world, outputs, peers
@@ -280,9 +281,13 @@ class Session:
         self.progress_warned = False
         # An earlier result at --json is never replaced by less (module docstring).
         self.previous = held_runs(outputs.json) if outputs.json and world.main else None
+        # Every name derived from an output is reserved in `locks` (the caller's, holding the
+        # outputs' own locks; else the session's, released when it ends) before it is written.
+        self.own_locks = locks is None
+        self.locks = OutputLocks() if locks is None else locks
         self.progress_path = outputs.progress(world)
         if self.previous is not None and not world.distributed:
-            self.progress_path = beside(outputs.json, "unfinished")
+            self.progress_path = beside(outputs.json, "unfinished", self.locks)
 
     # ---- signals ----
     def _on_signal(self, signum, frame):
@@ -325,9 +330,13 @@ class Session:
         run finished or learned anything, or when a file could not be written where asked;
         130 (Ctrl-C) or 143 (SIGTERM) when stopped. An unknown error is raised again after
         the results are written."""
-        with self._signals_handled():
-            self.train_all()
-            return self.finish()
+        try:
+            with self._signals_handled():
+                self.train_all()
+                return self.finish()
+        finally:
+            if self.own_locks:
+                self.locks.release()
 
     def train_all(self):
         try:
@@ -475,18 +484,19 @@ class Session:
         if self.previous is None or runs >= self.previous:
             return path
         if not complete:
-            return self.progress_path if not self.world.distributed else beside(path, "unfinished")
-        kept = beside(path, "previous")
+            return self.progress_path if not self.world.distributed else beside(path, "unfinished", self.locks)
+        kept = os.path.splitext(path)[0] + ".previous.json"
         try:
+            kept = beside(path, "previous", self.locks)
             with open(path, "rb") as file:
                 earlier = file.read()
             atomic_write(kept, lambda file: file.write(earlier))
             print(f"the earlier result in {path} held {self.previous} run(s), more than this one: it is kept "
                   f"as {kept}", file=sys.stderr, flush=True)
-        except OSError as error:
+        except (OSError, OutputError) as error:
             print(f"warning: could not keep the earlier result of {path} as {kept} ({error}); it is kept "
                   f"where it is and this result goes to {self.progress_path}", file=sys.stderr, flush=True)
-            return self.progress_path if not self.world.distributed else beside(path, "unfinished")
+            return self.progress_path if not self.world.distributed else beside(path, "unfinished", self.locks)
         return path
 
     def summary_text(self, payload: dict) -> str:

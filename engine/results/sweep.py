@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 
 from engine.results.compare import format_difference, point_label, welch
 from engine.results.report import summarize
 from engine.results.session import Session, reported_as
 
+MAX_POINTS = 10_000         # a sweep of more points is refused (counted before anything is built)
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 PARSERS = {"int": int, "float": float, "str": str, "bool": lambda text: BOOLEANS[text.lower()]}
 
@@ -79,7 +81,24 @@ def parse_settings(texts: list[str], recipes: list) -> list[tuple[str, list]]:
     return settings
 
 
+def count_points(recipes: int, texts: list[str]) -> int:
+    """The number of points `recipes` recipes and the --set texts 'NAME=V1,V2,...' make,
+    counted from the texts alone (nothing parsed or built)."""
+    return recipes * math.prod(text.partition("=")[2].count(",") + 1 for text in texts)
+
+
+def require_sweep_size(count: int):
+    """ValueError, with the count, for a sweep of more than MAX_POINTS points."""
+    if count > MAX_POINTS:
+        shown = f"{count:,}" if count < 10 ** 15 else f"more than 10^{len(str(count)) - 1}"
+        raise ValueError(f"--set and --recipe make {shown} points (every combination), more than the "
+                         f"{MAX_POINTS:,} a sweep may have; give fewer values")
+
+
 def sweep_points(recipes: list, settings: list[tuple[str, list]]) -> list[Point]:
+    """Every combination of `recipes` and the (field, values) of `settings`, recipes outermost.
+    ValueError for more than MAX_POINTS points, counted before any is built."""
+    require_sweep_size(len(recipes) * math.prod(len(values) for _, values in settings))
     names = [name for name, _ in settings]
     return [Point(recipe, dict(zip(names, values)))
             for recipe in recipes for values in itertools.product(*(values for _, values in settings))]
