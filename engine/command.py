@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from engine.options import build_convert_parser, build_evaluate_parser, build_parser, program_name
+from engine.options import (build_convert_parser, build_evaluate_parser, build_parser, build_tune_parser,
+                            program_name)
 
 HELP_FLAGS = ("-h", "--help")
-SUBCOMMANDS = ("evaluate", "convert", "compare")
+SUBCOMMANDS = ("evaluate", "convert", "compare", "tune")
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -32,6 +33,8 @@ def help_parser(subcommand: str | None, prog: str):
         return build_evaluate_parser(prog)
     if subcommand == "convert":
         return build_convert_parser(prog)
+    if subcommand == "tune":
+        return build_tune_parser(prog)
     if subcommand == "compare":
         from engine.results.compare import build_compare_parser      # torch-free as well
         return build_compare_parser(prog)
