@@ -350,8 +350,9 @@ def build_tune_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                    help="Optuna's sampler: tpe (default), random, qmc, nsga2, cmaes (needs the cmaes package), "
                         "gp (needs scipy)")
     g.add_argument("--pruner", choices=TUNE_PRUNERS, default=None,
-                   help="stop trials whose per-epoch results fall behind: median (default with one objective), "
-                        "hyperband or none (the only choice with two objectives)")
+                   help="stop trials whose per-epoch results fall behind, from the last epoch of their first run "
+                        "on: median (default with one objective), hyperband or none (the only choice with two "
+                        "objectives)")
     g.add_argument("--storage", metavar="URL",
                    help="an Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://...) that several workers "
                         "share (default: an SQLite file beside --json)")

@@ -19,8 +19,10 @@ worker that differs is refused. A trial whose worker died (killed, machine lost)
 its heartbeat and is marked failed by the next worker; it does not count.
 
 Pruning (`--pruner median|hyperband`, one objective) watches each run's per-epoch result,
-reported at step run * epochs + epoch, and stops trials that fall behind; the epochs and
-(estimated) seconds they did not train are reported.
+reported at step run * epochs + epoch, and stops trials that fall behind, from the last
+epoch of their first run on (earlier epochs say little about where a run ends; the last
+step never prunes: it would save nothing); the epochs and (estimated) seconds they did not
+train are reported.
 
 At the end, the worker that confirms (the one with --runs above 0; rank 0 under torchrun)
 waits for the other workers' trials, writes the best point (for two objectives: the point
@@ -231,19 +233,19 @@ def make_sampler(optuna, name: str, objectives: int):
     samplers = optuna.samplers
     try:
         if name == "tpe":
-            return samplers.TPESampler(multivariate=True, warn_independent_sampling=False) if objectives == 1 \
+            return samplers.TPESampler(multivariate=True) if objectives == 1 \
                 else samplers.TPESampler()
         if name == "random":
             return samplers.RandomSampler()
         if name == "qmc":
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return samplers.QMCSampler(warn_independent_sampling=False)
+                warnings.simplefilter("ignore")       # "experimental" in Optuna's words
+                return samplers.QMCSampler()
         if name == "nsga2":
             return samplers.NSGAIISampler()
         if name == "cmaes":
             import cmaes  # noqa: F401   (Optuna imports it only at the first trial)
-            return samplers.CmaEsSampler(warn_independent_sampling=False)
+            return samplers.CmaEsSampler()
         if name == "gp":
             import scipy  # noqa: F401
             return samplers.GPSampler()
@@ -253,11 +255,13 @@ def make_sampler(optuna, name: str, objectives: int):
     raise TuneError(f"--sampler {name}: unknown")
 
 
-def make_pruner(optuna, name: str):
+def make_pruner(optuna, name: str, epochs: int):
+    """The pruner `name`; no trial is pruned before the last epoch of its first run (`epochs`
+    of the starting config): the first epochs say little about where a run ends."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=epochs - 1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -275,11 +279,12 @@ class Trials:
     trained `runs` times from `first_seed`. make_config(settings) gives a point's Config."""
 
     def __init__(self, optuna, study, space, make_config, setups, *, runs: int, first_seed: int, total: int,
-                 two_objectives: bool, pruning: bool, every_epoch: bool, quiet: bool, worker: str):
+                 two_objectives: bool, pruning: bool, every_epoch: bool, quiet: bool, worker: str,
+                 rank: int | None = None):
         self.optuna, self.study, self.space, self.make_config, self.setups = optuna, study, space, make_config, setups
         self.runs, self.first_seed, self.total = runs, first_seed, total
         self.two_objectives, self.pruning, self.every_epoch = two_objectives, pruning, every_epoch
-        self.quiet, self.worker = quiet, worker
+        self.quiet, self.worker, self.rank = quiet, worker, rank
         self.done = 0                 # trials this worker ended
 
     def say(self, line: str):
@@ -308,8 +313,11 @@ class Trials:
         label = " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
                          for name, value in settings.items())
         trial.set_user_attr("worker", self.worker)
+        if self.rank is not None:
+            trial.set_user_attr("rank", self.rank)
         trial.set_user_attr("seeds", [self.first_seed + r for r in range(self.runs)])
-        self.say(f"\ntrial {trial.number + 1} of {self.total} ({self.worker}): {label}")
+        rank = "" if self.rank is None else f", rank {self.rank}"
+        self.say(f"\ntrial {trial.number + 1} of {self.total} ({self.worker}{rank}): {label}")
         try:
             config = self.make_config(settings)
         except (ValueError, TypeError) as error:
@@ -328,7 +336,7 @@ class Trials:
                 if self.pruning and value is not None:
                     step = r * config.epoch_count + row["epoch"]
                     trial.report(value, step)
-                    if trial.should_prune():
+                    if step < self.runs * config.epoch_count and trial.should_prune():   # the last: saves nothing
                         raise Pruned(step)
             try:
                 result = trainer.run(train, test, seed, on_epoch=on_epoch, evaluate_every_epoch=self.every_epoch)
@@ -372,7 +380,9 @@ def wait_for_others(optuna, study, quiet: bool):
     worker's are failed once its heartbeat is stale)."""
     State, told = optuna.trial.TrialState, None
     while True:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # "experimental" in Optuna's words
+            optuna.storages.fail_stale_trials(study)
         running = [t.number + 1 for t in study.get_trials(deepcopy=False, states=(State.RUNNING,))]
         if not running:
             return
@@ -588,17 +598,20 @@ def tune(parser, args, confirm_default: int) -> int:
             return 2
         setup = {"recipe": recipe.name, "data": data.source, "fixed": {**overrides, **fixed},
                  "runs_per_trial": args.runs_per_trial, "first_seed": args.seed, "objective": args.objective}
-        study = open_study(optuna, storage, name, setup, make_sampler(optuna, args.sampler, 1 + two),
-                           make_pruner(optuna, pruner_name), where)
         make_config = lambda settings: cli.recipe_config(args, recipe, len(data.train_labels), {**fixed, **settings})
         try:
             config = make_config({})
+        except (ValueError, TypeError) as error:
+            raise TuneError(str(error)) from None
+        study = open_study(optuna, storage, name, setup, make_sampler(optuna, args.sampler, 1 + two),
+                           make_pruner(optuna, pruner_name, config.epoch_count), where)
+        try:
             setups = Setups(data, make_ops(kernels), device, dtype, args.compile, args.compile_mode or "default",
                             warm_up=device.type == "cuda" or args.compile)
             setups.get(config)
         except (ValueError, TypeError) as error:
             raise TuneError(str(error)) from None
-        worker = f"{socket.gethostname()}:{os.getpid()}" + (f" rank {world.rank}" if world.distributed else "")
+        worker = f"{socket.gethostname()}:{os.getpid()}"        # the trials' "worker": host and process
         already = counted(optuna, study)
         if not args.quiet:
             print(f"tune: recipe {recipe.name} | data: {data.source} | device: {device_name(device)} | "
@@ -607,7 +620,8 @@ def tune(parser, args, confirm_default: int) -> int:
                   f" | sampler {args.sampler}, pruner {pruner_name}", flush=True)
         trials = Trials(optuna, study, space, make_config, setups, runs=args.runs_per_trial, first_seed=args.seed,
                         total=args.trials, two_objectives=two, pruning=pruner_name != "none",
-                        every_epoch=not args.final_eval_only, quiet=args.quiet, worker=worker)
+                        every_epoch=not args.final_eval_only, quiet=args.quiet, worker=worker,
+                        rank=world.rank if world.distributed else None)
         try:
             trials.run()
             if confirm:
@@ -655,7 +669,7 @@ def tune(parser, args, confirm_default: int) -> int:
               + (f", {best.values[1]:.2f} s training; Pareto front: trials "
                  f"{', '.join(str(n + 1) for n in front)}" if two else ""), flush=True)
         for what, path in pictures.items():
-            print(f"{what}: {path}" if not path.startswith("not drawn") else f"{what}: {path}", flush=True)
+            print(f"{what}: {path}", flush=True)
         print(f"wrote {paths['recipe']} (run it with --recipe {paths['recipe']})", flush=True)
         payload = {"study": name, "storage": where, "recipe": recipe.name, **recipe.record(), "setup": setup,
                    "space": args.space, "objective": args.objective, "sampler": args.sampler,
