@@ -67,7 +67,7 @@ def require_optuna():
         import optuna
     except ImportError:
         raise TuneError(f"tune needs Optuna, which is not installed: {INSTALL} (or pip install optuna)") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)     # the trials' lines are ours
+    optuna.logging.set_verbosity(optuna.logging.ERROR)       # the trials' lines (a failed one's too) are ours
     return optuna
 
 
@@ -433,8 +433,9 @@ def recipe_text(base, values: dict, note: str) -> str:
             f"    recipe: ClassVar[str] = {name!r}\n")
 
 
-def draw_pictures(optuna, study, paths: dict, two_objectives: bool) -> dict:
-    """{what: path written, or why not} for the history, importances and Pareto front."""
+def draw_pictures(optuna, study, paths: dict, two_objectives: bool, result: str, title: str) -> dict:
+    """{what: path written, or why not} for the history, importances and Pareto front;
+    `result` names a trial's value on the axes, `title` heads each picture."""
     from engine.outputs import atomic_write
     from engine.results.plots import require_matplotlib
     require_matplotlib()
@@ -444,20 +445,21 @@ def draw_pictures(optuna, study, paths: dict, two_objectives: bool) -> dict:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as views
 
-    target = dict(target=lambda t: t.values[0], target_name="result") if two_objectives else {}
+    target = dict(target=lambda t: t.values[0], target_name=result) if two_objectives else dict(target_name=result)
     jobs = {"history": lambda: views.plot_optimization_history(study, **target),
             "importances": lambda: views.plot_param_importances(
                 study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), **target)}
     if two_objectives:
-        jobs["pareto"] = lambda: views.plot_pareto_front(study, target_names=["result", "training seconds"])
+        jobs["pareto"] = lambda: views.plot_pareto_front(study, target_names=[result, "training seconds per run"])
     written = {}
     for what, draw in jobs.items():
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), matplotlib.rc_context():   # Optuna sets a style: kept to its pictures
                 warnings.simplefilter("ignore")        # Optuna calls its matplotlib views experimental
                 axes = draw()
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(8, 5)
+            figure.suptitle(title, fontsize=9)
             atomic_write(paths[what], lambda file: figure.savefig(file, dpi=100, format="png", bbox_inches="tight"))
             plt.close(figure)
             written[what] = paths[what]
@@ -501,7 +503,7 @@ def tune(parser, args, confirm_default: int) -> int:
     from engine.recipe_files import find_recipe
     from engine.results.distributed import World, world_from_env
     from engine.results.report import device_name, environment
-    from engine.results.session import Outputs
+    from engine.results.session import Outputs, reported_as
     from engine.results.sweep import Point, Setups, parse_settings
     from engine.training.data import DataError
     from engine.training.ops import make_ops
@@ -660,7 +662,8 @@ def tune(parser, args, confirm_default: int) -> int:
         from engine.outputs import atomic_write
         atomic_write(paths["recipe"], lambda file: file.write(recipe_text(recipe, values, note)), binary=False)
         tuned = find_recipe(paths["recipe"])
-        pictures = draw_pictures(optuna, study, paths, two)
+        pictures = draw_pictures(optuna, study, paths, two, f"mean {reported_as(config)} of {args.runs_per_trial} run(s)",
+                                 f"study {name}: {recipe.name} on {data.source}")
         describe = lambda t: " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         print(f"\nstudy {name}: {len(records)} trial(s), {len(complete)} complete, {saved['pruned_trials']} pruned"
               + (f" (saving {saved['epochs_saved']} epochs, about {saved['seconds_saved']:.1f} s of training)"
