@@ -296,6 +296,26 @@ def test_a_pruned_trial_stops_at_once_and_says_what_it_saved(prune_at):
     assert len(trial.user_attrs["runs"]) == (prune_at - 1) // 3       # the runs that finished are kept
 
 
+@pytest.mark.parametrize("name", ["median", "hyperband"])
+def test_no_trial_is_pruned_before_the_last_epoch_of_its_first_run(name):
+    optuna = optuna_or_skip()
+    from engine.results.tune import make_pruner
+    epochs = 3
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(optuna, name, epochs))
+    for _ in range(6):                                # good trials: 0.5 at every step of two runs
+        trial = study.ask()
+        for step in range(1, 2 * epochs + 1):
+            trial.report(0.5, step)
+            assert not trial.should_prune()           # (hyperband keeps its rungs when asked)
+        study.tell(trial, 0.5)
+    bad = study.ask()                                 # far behind from the first epoch on
+    prunable = []
+    for step in range(1, 2 * epochs + 1):
+        bad.report(0.1, step)
+        prunable.append(bad.should_prune())
+    assert prunable[:epochs - 1] == [False] * (epochs - 1) and any(prunable[epochs - 1:])
+
+
 # --------------------------------------------------------------------------- without Optuna
 def test_without_optuna_tune_says_how_to_install_it_and_the_rest_is_unchanged(tmp_path):
     script = f"""

@@ -259,7 +259,7 @@ def make_pruner(optuna, name: str, epochs: int):
     """The pruner `name`; no trial is pruned before the last epoch of its first run (`epochs`
     of the starting config): the first epochs say little about where a run ends."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=epochs - 1)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=epochs)   # first at step `epochs`
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=epochs)
     return optuna.pruners.NopPruner()
