@@ -493,7 +493,6 @@ def tune(parser, args, confirm_default: int) -> int:
         if getattr(args, dest) is not None:
             raise TuneError(f"{option} does not apply to tune (its workers share a study, not a process group)")
     optuna = require_optuna()
-    import torch
 
     from engine import cli
     from engine.api import default_dtype, default_kernels, make_deterministic
