@@ -15,7 +15,9 @@ point i // N, seed --seed + i % N): Ctrl-C, failures, progress files, torchrun a
 --save work as for runs; every run record holds its "point", the JSON's "points"
 each point's recipe, settings, config and summary, and "comparisons" each point
 against the first (Welch's t-test, engine.results.compare). The summary is one row per
-point with that comparison.
+point with that comparison. Each point also holds "train_pflop", the arithmetic of one
+run's training (train_flops), and --plot PATH draws beside the runs' figure
+PATH.points.png: each point's result against it and against its training seconds.
 """
 from __future__ import annotations
 
