@@ -71,6 +71,9 @@ def main(argv=None, prog: str | None = None) -> int:
             if argv[:1] == ["compare"]:
                 from engine.results.compare import compare_main
                 return compare_main(argv[1:], prog)
+            if argv[:1] == ["tune"]:
+                from engine.results.tune import tune_main
+                return tune_main(argv[1:], prog)
             return train_main(argv, prog)
     except KeyboardInterrupt as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
@@ -150,26 +153,16 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
                               **(settings or {}))
 
 def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None,
-               locks: OutputLocks | None = None) -> int:
-    """Load the data, build the trainer and loaders, and hand them to a Session (a
-    SweepSession for several points)."""
-    if args.download and not world.main:
-        barrier(world)                    # rank 0 downloads first
+               locks: OutputLocks | None = None, data=None) -> int:
+    """Load the data (unless `data`, loaded already by load_data), build the trainer and
+    loaders, and hand them to a Session (a SweepSession for several points)."""
     synthetic_size = args.synthetic_size or SYNTHETIC_SIZE
-    try:
-        data = load_cifar10(args.data, args.download, synthetic_size, seed=args.seed)
-    except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    if args.download and world.main:
-        barrier(world)
-    if args.data_label:
-        data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
-    try:
-        data = take_subset(data, args.train_subset, args.test_subset, seed=args.seed)
-    except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    if data is None:
+        try:
+            data = load_data(args, world)
+        except DataError as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 2
     try:
         configs = [recipe_config(args, point.recipe, len(data.train_labels), point.settings) for point in points]
         for config in configs:
@@ -241,6 +234,19 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     return session.run()
+
+
+def load_data(args, world: World = World()):
+    """The data --data names, labelled as --data-label says, cut to --train-subset and
+    --test-subset; DataError when it cannot be read or cut."""
+    if args.download and not world.main:
+        barrier(world)                    # rank 0 downloads first
+    data = load_cifar10(args.data, args.download, args.synthetic_size or SYNTHETIC_SIZE, seed=args.seed)
+    if args.download and world.main:
+        barrier(world)
+    if args.data_label:
+        data.source = args.data_label + (" (synthetic)" if data.synthetic else "")
+    return take_subset(data, args.train_subset, args.test_subset, seed=args.seed)
 
 
 def no_gpu_note(args) -> str:

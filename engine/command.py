@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from engine.options import build_convert_parser, build_evaluate_parser, build_parser, pointless_flags, program_name
+from engine.options import (build_convert_parser, build_evaluate_parser, build_parser, build_tune_parser,
+                            pointless_flags, program_name)
 
-SUBCOMMANDS = ("evaluate", "convert", "compare")
+SUBCOMMANDS = ("evaluate", "convert", "compare", "tune")
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv=None, prog: str | None = None) -> int:
     parser = help_parser(subcommand, prog)
     try:                                    # help, and the mistakes a parser sees, before torch loads
         args = parser.parse_args(argv[1:] if subcommand else argv)
-        if subcommand is None:
+        if subcommand in (None, "tune"):        # tune takes the training options too
             for problem in pointless_flags(args):
                 parser.error(problem)
     except SystemExit as exit:              # argparse printed the help (0) or an error (2)
@@ -39,4 +40,6 @@ def help_parser(subcommand: str | None, prog: str):
         return build_evaluate_parser(prog)
     if subcommand == "convert":
         return build_convert_parser(prog)
+    if subcommand == "tune":
+        return build_tune_parser(prog)
     return build_parser(prog)

@@ -337,3 +337,73 @@ def pointless_flags(args) -> list[str]:
     if args.compile_mode is not None and not args.compile:
         problems.append("--compile-mode has no effect without --compile; add --compile or drop --compile-mode")
     return problems
+
+
+# --------------------------------------------------------------------------- tune
+TUNE_SAMPLERS = ("tpe", "random", "qmc", "nsga2", "cmaes", "gp")
+TUNE_PRUNERS = ("median", "hyperband", "none")
+TUNE_OBJECTIVES = ("result", "result+seconds")
+TUNE_TRIALS = 20                      # --trials when not given
+TUNE_RUNS_PER_TRIAL = 2               # --runs-per-trial when not given
+TUNE_CONFIRM_RUNS = 8                 # tune's --runs (the confirmation on fresh seeds) when not given
+
+
+def build_tune_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    """`run.py tune`: the training command's options (data, device, recipe, overrides; --runs,
+    --json, --plot and --save take the meanings said here) and the search's own."""
+    p = build_parser(prog)
+    p.prog = f"{prog} tune"
+    p.description = ("Search a recipe's numbers with Optuna (--space), each trial the mean of --runs-per-trial "
+                     "runs; write the best point as a recipe file and compare it with the recipe it started from "
+                     "on fresh seeds. Needs Optuna: pip install 'cifar-speedrun[tune]'.")
+    p.epilog = ("Rerunning the same command continues the study; more workers (processes, machines or torchrun "
+                "ranks) on the same --storage share it. Files beside --json PATH: PATH's name with .optuna.db "
+                "(the study, unless --storage), .tuned.py (the best point as a recipe), .confirm.json (the "
+                "comparison on fresh seeds), .history.png, .importances.png and .pareto.png (two objectives).")
+    changed = {
+        "runs": (None, f"runs of the starting recipe and of the tuned one in the final comparison, on fresh seeds "
+                       f"after the trials' (default {TUNE_CONFIRM_RUNS}; 0: this worker only runs trials)"),
+        "seed": (0, "seed of every trial's first run (run i: seed+i); the comparison's seeds follow the trials' "
+                    "(default 0)"),
+        "json": (None, "the study's result: every trial, the best point(s) and the comparison; the other files "
+                       "are named beside it (required)"),
+        "plot": (None, "draw the comparison's runs, as for a sweep (needs matplotlib)"),
+        "save": (None, "write the comparison runs' networks, as for a sweep"),
+        "set": ([], "fix a field of the recipe's Config for every trial (one value)"),
+        "recipe": (default_recipe(), "the recipe to tune: a built-in name, a recipe file or a module (one)"),
+        "join_timeout": (None, argparse.SUPPRESS),
+        "gather_timeout": (None, argparse.SUPPRESS),
+    }
+    for action in p._actions:
+        if action.dest in changed:
+            action.default, action.help = changed[action.dest]
+            action.required = action.dest == "json"
+        if action.dest == "runs":
+            action.type = non_negative_int
+    g = p.add_argument_group("tune")
+    g.add_argument("--space", action="append", default=[], required=True,
+                   metavar="NAME=LOW..HIGH[:log][:int]|NAME=A,B,...",
+                   help="a field to search: a range (:log for a log scale, :int for whole numbers; an int field "
+                        "is searched in whole numbers anyway) or choices; repeat for more fields")
+    g.add_argument("--trials", type=positive_int, default=TUNE_TRIALS,
+                   help=f"trials of the study in all, over every worker and every earlier command (default "
+                        f"{TUNE_TRIALS})")
+    g.add_argument("--runs-per-trial", type=positive_int, default=TUNE_RUNS_PER_TRIAL,
+                   help=f"runs per trial, seeds --seed.. (default {TUNE_RUNS_PER_TRIAL}); a trial's value is "
+                        f"their mean")
+    g.add_argument("--objective", choices=TUNE_OBJECTIVES, default="result",
+                   help="result: maximise the mean result; result+seconds: also minimise the mean training "
+                        "seconds (a Pareto front) (default result)")
+    g.add_argument("--sampler", choices=TUNE_SAMPLERS, default="tpe",
+                   help="Optuna's sampler: tpe (default), random, qmc, nsga2, cmaes (needs the cmaes package), "
+                        "gp (needs scipy)")
+    g.add_argument("--pruner", choices=TUNE_PRUNERS, default=None,
+                   help="stop trials whose per-epoch results fall behind, from the last epoch of their first run "
+                        "on: median (default with one objective), hyperband or none (the only choice with two "
+                        "objectives)")
+    g.add_argument("--storage", metavar="URL",
+                   help="an Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://...) that several workers "
+                        "share (default: an SQLite file beside --json)")
+    g.add_argument("--study-name", metavar="NAME",
+                   help="the study's name in the storage (default: --json's file name without its extension)")
+    return p

@@ -33,7 +33,7 @@ def test_the_menus_are_the_engines():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["convert", "-h"], ["compare", "--help"],
-                                  ["--epochs", "3", "--help"]])
+                                  ["tune", "--help"], ["--epochs", "3", "--help"]])
 def test_help_answers_without_importing_torch(argv):
     check = ("import sys; from engine.command import main; code = main(%r); "
              "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)" % argv)

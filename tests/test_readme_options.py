@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from engine.cli import build_convert_parser, build_evaluate_parser, build_parser
+from engine.options import build_tune_parser
 from engine.results.compare import build_compare_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PARSERS = {"run.py": build_parser, "run.py evaluate": build_evaluate_parser, "run.py convert": build_convert_parser,
-           "run.py compare": build_compare_parser}
+           "run.py compare": build_compare_parser, "run.py tune": build_tune_parser}
 
 
 def option_tables(markdown: str) -> dict:

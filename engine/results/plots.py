@@ -77,6 +77,11 @@ def plot_runs(runs: list[dict], path, title: str = "") -> str:
     epochs, dashed) and write it to `path` (str or pathlib.Path) atomically; the format
     follows the extension (none: png)."""
     figure = draw_runs(runs, title)
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path) -> str:
+    """Write `figure` to `path` atomically, in the format its extension names (none: png)."""
     extension = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
     return atomic_write(path, lambda file: figure.savefig(file, dpi=110, format=extension))
 
@@ -171,3 +176,45 @@ def draw_runs(runs: list[dict], title: str = ""):
     if title:
         figure.suptitle(title)
     return figure
+
+
+def plot_points(points: list[dict], path, title: str = "") -> str:
+    """A sweep's points (the JSON's "points": label, summary, train_pflop): each point's mean
+    result with its standard deviation against the PFLOP of one run's training (left; log
+    scale when the points span more than ten times) and against its mean training seconds
+    (right), each marker labelled. Written to `path` atomically (format from the extension)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 5), layout="constrained")
+    axes = figure.subplots(1, 2)
+    panels = ((axes[0], lambda point: point.get("train_pflop"), "training PFLOP per run"),
+              (axes[1], lambda point: point["summary"].get("mean_train_seconds"), "training seconds per run"))
+    results = []
+    for ax, x_of, label in panels:
+        xs = []
+        for point in points:
+            summary, x = point["summary"], x_of(point)
+            if x is None or summary.get("mean_ema_accuracy") is None:
+                continue
+            y, spread = 100 * summary["mean_ema_accuracy"], 100 * (summary.get("std_ema_accuracy") or 0.0)
+            ax.errorbar([x], [y], yerr=[spread], marker="o", capsize=3)
+            ax.annotate(point["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            xs.append(x)
+            results += [y - spread, y + spread]
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        if not xs:
+            ax.text(0.5, 0.5, "not counted" if "PFLOP" in label else "no finished run", ha="center",
+                    transform=ax.transAxes)
+        ax.set_xlabel(label)
+        ax.set_ylabel("result (%), mean and std of the runs")
+        ax.grid(alpha=0.3)
+    if results:
+        for ax in axes:
+            ax.set_ylim(*fitted_range(results))
+    axes[0].set_title("result against training arithmetic (flop_counter)")
+    axes[1].set_title("result against training time")
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)

@@ -163,6 +163,11 @@ class Outputs:
         root, extension = os.path.splitext(self.save)
         return f"{root}{'' if point is None else f'-point{point + 1}'}-seed{seed}{extension or '.pt'}"
 
+    def points_plot(self) -> str:
+        """A sweep's second figure beside --plot PATH: PATH with .points before its extension."""
+        root, extension = os.path.splitext(self.plot)
+        return f"{root}.points{extension or '.png'}"
+
     def progress(self, world: World, rank: int | None = None) -> str | None:
         """The file a process rewrites after each run: --json itself for one process,
         PATH.rankR.json (R: the rank) beside it under torchrun."""
@@ -199,6 +204,8 @@ class Outputs:
             except ValueError as error:
                 raise OutputError(str(error)) from None
             named.append(("--plot", self.plot))
+            if points:
+                named.append(("--plot (the points' figure)", self.points_plot()))
         if self.save and points:
             named += [(f"--save (point {point + 1}, seed {seed})", self.checkpoint(seed, len(seeds), point))
                       for point in range(points) for seed in seeds]

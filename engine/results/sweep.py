@@ -15,13 +15,16 @@ point i // N, seed --seed + i % N): Ctrl-C, failures, progress files, torchrun a
 --save work as for runs; every run record holds its "point", the JSON's "points"
 each point's recipe, settings, config and summary, and "comparisons" each point
 against the first (Welch's t-test, engine.results.compare). The summary is one row per
-point with that comparison.
+point with that comparison. Each point also holds "train_pflop", the arithmetic of one
+run's training (train_flops), and --plot PATH draws beside the runs' figure
+PATH.points.png: each point's result against it and against its training seconds.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import math
+import sys
 from dataclasses import dataclass
 
 from engine.results.compare import format_difference, point_label, welch
@@ -104,6 +107,27 @@ def sweep_points(recipes: list, settings: list[tuple[str, list]]) -> list[Point]
             for recipe in recipes for values in itertools.product(*(values for _, values in settings))]
 
 
+def train_flops(config) -> float | None:
+    """The arithmetic of a run's training: one step's forward, loss and backward counted by
+    torch.utils.flop_counter on the meta device (no memory, no arithmetic done) times the
+    run's steps; the optimizer's updates and the evaluations are left out. None when the
+    recipe's network cannot be built on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from engine.training.ops import make_ops
+
+    meta = torch.device("meta")
+    try:
+        model = config.build_network(make_ops("eager"), meta, torch.float32)
+        images = torch.empty(config.batch_size, 3, 32, 32, device=meta).contiguous(memory_format=torch.channels_last)
+        labels = torch.zeros(config.batch_size, dtype=torch.long, device=meta)
+        with FlopCounterMode(display=False) as counter:
+            config.loss(model(images), labels).backward()
+    except Exception:                 # an operation without a meta kernel in a recipe of one's own
+        return None
+    return float(counter.get_total_flops()) * config.total_steps
+
+
 def compiled_graphs() -> int:
     """Graphs torch.compile has compiled in this process so far (its own counter)."""
     from torch._dynamo.utils import counters
@@ -165,6 +189,7 @@ class SweepSession(Session):
         trainer, train, test, _ = setups.get(configs[0])
         super().__init__(trainer, train, test, runs=runs * len(points), **session)
         self.point = None                 # the point now set up
+        self.flops = {}                   # point -> training FLOP of one run (train_flops), counted once
         self.with_recipe = len({p.recipe.name for p in points}) > 1
 
     def point_of(self, index: int) -> int:
@@ -202,6 +227,7 @@ class SweepSession(Session):
                                          for name in self.points[0].settings}}
         payload["points"] = [{"index": k, "label": point.label(self.with_recipe), "settings": point.settings,
                               **point.recipe.record(), "reported_as": reported_as(config), "config": config.to_dict(),
+                              "train_pflop": self.train_pflop(k),
                               "summary": summarize([run for run in runs if run.get("point") == k])}
                              for k, (point, config) in enumerate(zip(self.points, self.configs))]
         payload["comparisons"] = [compare_points(runs, 0, k) for k in range(1, len(self.points))]
@@ -209,6 +235,32 @@ class SweepSession(Session):
 
     def summary_text(self, payload: dict) -> str:
         return format_sweep(payload, self.data_source)
+
+    def train_pflop(self, point: int) -> float | None:
+        if point not in self.flops:
+            self.flops[point] = train_flops(self.configs[point])
+        flop = self.flops[point]
+        return None if flop is None else flop / 1e15
+
+    def report(self, processes: list) -> bool:
+        """As a Session's, and with --plot PATH also PATH.points.png: each point's result
+        against its training PFLOP and seconds (engine.results.plots.plot_points)."""
+        json_written = super().report(processes)
+        if self.outputs.plot:
+            from engine.outputs import write_or_rescue
+            from engine.results.plots import plot_points
+            runs = [record for _, record in sorted((item for p in processes for item in p["runs"]),
+                                                   key=lambda i: i[0])]
+            payload, path = self.payload(runs, complete=False), self.outputs.points_plot()
+            points, title = payload["points"], f"{self.data_source} | {payload['device']}"
+            written, message = write_or_rescue(lambda target: plot_points(points, target, title=title), path,
+                                               "the points' plot")
+            if written != path:
+                self.write_errors += 1
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            elif not self.quiet:
+                print(message, flush=True)
+        return json_written
 
 
 def compare_points(runs: list, baseline: int, other: int) -> dict:
