@@ -23,9 +23,9 @@ inner compile, whose wrapper code and scheduler are read. It reports, per step:
   heaviest      the kernels moving the most bytes, each named with the network
                 operation (module path and aten ops) it comes from
 
-A text table goes to stdout; --json writes everything; --results DIR writes
-plan.json and appends one row per recipe and variant to DIR/plan.csv (the commit
-in every row).
+A text table goes to stdout; --json writes everything; --results DIR appends
+one row per recipe and variant to DIR/plan.csv and the whole plan as one line
+of DIR/plans.jsonl (the commit in every row and line).
 
 It leans on private torch internals (named in INTERNALS below). When one has
 moved, it stops with one line naming it (exit 2); it never reports zeros.
@@ -68,7 +68,8 @@ TENSOR_KINDS = ("forward", "backward", "update")
 CSV_FIELDS = ("date", "commit", "recipe", "kernels", "batch_size", "dtype", "torch", "triton",
               "launches", "launches_ours", "launches_inductor", "extern_calls", "bytes_gb", "extern_gb",
               "gflop", "outside_ops", "graphs", "predicted_ms_step_h100", "predicted_ms_step_h200",
-              "predicted_s_run_h100", "predicted_s_run_h200", "steps_per_run")
+              "predicted_s_run_h100", "predicted_s_run_h200", "predicted_s_run_cuda_graphs_h100",
+              "predicted_s_run_cuda_graphs_h200", "steps_per_run")
 
 
 class PlanError(RuntimeError):
@@ -308,9 +309,20 @@ def clean_module_path(path: str) -> str:
     return path.lstrip(".") or "(network)"
 
 
-def parse_wrapper(code: str, ours: set) -> dict:
+def parse_wrapper(code: str, ours: dict) -> dict:
     """Launches and extern calls in a graph's wrapper code: its `call` (a top-level function,
-    or a `Runner.call` method in torch 2.14), with the kernels' sources (string literals) cut."""
+    or a `Runner.call` method in torch 2.14), with the kernels' sources (string literals) cut.
+    A launch is ours when the kernel Inductor defines under its name has the signature of
+    one of ours (`ours`: our_kernels()); it is counted as "module.kernel"."""
+    sources = {name: source for name, source in re.findall(
+        r"^(\w+) = async_compile\.triton\(\s*'\w+',\s*'''(.*?)'''", code, re.S | re.M)}
+    owner = {}
+    for name, source in sources.items():
+        if name.startswith("triton_"):          # Inductor's own kernels
+            continue
+        for definition in re.findall(r"^def \w+\(.*?\):", source, re.S | re.M):
+            if signature(definition) in ours:
+                owner[name] = ours[signature(definition)]
     code = re.sub(r"'''.*?'''|\"\"\".*?\"\"\"", "''", code, flags=re.S)
     starts = list(re.finditer(r"^( *)def call\(", code, re.M))
     if not starts:
@@ -318,31 +330,37 @@ def parse_wrapper(code: str, ours: set) -> dict:
     start = starts[-1]
     end = re.compile(r"^ {0,%d}\S" % len(start.group(1)), re.M).search(code, start.end())
     body = code[start.start():end.start() if end else len(code)]
-    launches, extern = Counter(), Counter()
+    launches, extern, ours_launches = Counter(), Counter(), Counter()
     for match in re.finditer(r"^\s*(\w+)\.run\(", body, re.M):
         launches[match.group(1)] += 1
+        if match.group(1) in owner:
+            ours_launches[owner[match.group(1)]] += 1
     for match in re.finditer(r"extern_kernels\.(\w+)\(", body):
         extern[match.group(1)] += 1
     for match in re.finditer(r"torch\.ops\.aten\.(\w+)(?:\.\w+)?\(", body):
         extern[match.group(1)] += 1
-    ours_launches = Counter({k: v for k, v in launches.items() if kernel_family(k) in ours})
     return {"launches": dict(launches), "ours": dict(ours_launches), "extern": dict(extern)}
 
 
-def kernel_family(launch_name: str) -> str:
-    """Inductor names its copy of a user kernel `<kernel>_<k>`; our kernels start with `_`."""
-    return re.sub(r"_\d+$", "", launch_name)
+def signature(definition: str) -> str:
+    """A kernel's `def name(arguments):` line without its white space."""
+    return re.sub(r"\s+", "", definition)
 
 
-def our_kernel_names() -> set:
-    """The names of every @triton.jit kernel in kernels/*.py."""
+def our_kernels() -> dict:
+    """{signature of its `def` line: "module.kernel"} of every @triton.jit kernel in kernels/*.py."""
     from triton.runtime.jit import JITFunction
     import kernels
-    names = set()
+    found = {}
     for module_name in ("gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance"):
-        module = sys.modules[f"{kernels.__name__}.{module_name}"]
-        names |= {name for name, value in vars(module).items() if isinstance(value, JITFunction)}
-    return names
+        module = importlib.import_module(f"{kernels.__name__}.{module_name}")
+        for name, value in vars(module).items():
+            if isinstance(value, JITFunction) and name.endswith("kernel"):      # not the helpers
+                definition = re.search(r"^def \w+\(.*?\):", value.src, re.S | re.M)
+                if definition is None:
+                    raise PlanError(f"kernel {module_name}.{name} has no `def` line in its source")
+                found[signature(definition.group(0))] = f"{module_name}.{name}"
+    return found
 
 
 # --------------------------------------------------------------------------- compiling
@@ -525,23 +543,26 @@ def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float1
         loss_sum = torch.zeros((), dtype=torch.float32)
         correct = torch.zeros((), dtype=torch.int64)
     outside = OutsideOps(recorder)
-    last = config.total_steps - 1
-    with recording(recorder):
-        for step in (0, last):        # the first compiles; the last step is the one planned
-            recorder.measuring = step == last
-            if ema is not None and recorder.measuring:
+    phases = []
+    for start, end in step_phases(optimizers.groups, config.total_steps):
+        # A phase's graphs are compiled at its first step; its last step is the one planned.
+        for step, measured in ((start, False), (end - 1, True)):
+            recorder.measuring, recorder.calls, outside.ops = measured, Counter(), Counter()
+            if ema is not None and measured:
                 ema.started = True      # in a real run the EMA's first copy came steps before
-            # The training loop's body (Trainer.run); what runs outside compiled code is
-            # counted (no dispatch mode may be active while torch.compile traces).
-            with outside:
-                optimizers.set_step(step)
-            loss, batch_correct = trainer.train_step(model, optimizers, images, labels)
-            with outside:
-                loss_sum += loss.float()
-                correct += batch_correct
-                if ema is not None and config.ema_updates_after(step):
-                    ema.update(model, config.ema_step_decay)
-    step_outside = dict(outside.ops)
+            with recording(recorder):
+                # The training loop's body (Trainer.run); what runs outside compiled code is
+                # counted (no dispatch mode may be active while torch.compile traces).
+                with outside:
+                    optimizers.set_step(step)
+                loss, batch_correct = trainer.train_step(model, optimizers, images, labels)
+                with outside:
+                    loss_sum += loss.float()
+                    correct += batch_correct
+                    if ema is not None and config.ema_updates_after(step):
+                        ema.update(model, config.ema_step_decay)
+        phases.append({"first_step": start, "steps": end - start, "calls": recorder.calls,
+                       "outside": dict(outside.ops)})
 
     # The loader's epoch (augmentation, shuffling) runs outside compiled code once per epoch.
     outside.ops = Counter()
@@ -553,75 +574,110 @@ def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float1
         for _ in loader.epoch(torch.Generator().manual_seed(0), 0):
             pass
     recorder.measuring = False
-    return summarise(recipe, config, variant, dtype, recorder, step_outside, dict(outside.ops))
+    return summarise(recipe, config, variant, dtype, recorder, phases, dict(outside.ops))
+
+
+def step_phases(groups, total_steps: int) -> list:
+    """[(first step, end)] of the run's phases: a group that stops training (Group.trains_until)
+    starts a phase whose step runs other graphs."""
+    stops = {getattr(g, "trains_until", None) for g in groups}
+    starts = sorted({0} | {s for s in stops if s is not None and 0 < s < total_steps})
+    return list(zip(starts, starts[1:] + [total_steps]))
 
 
 # --------------------------------------------------------------------------- summary
-def summarise(recipe, config, variant, dtype, recorder, step_outside, epoch_outside, top=12) -> dict:
-    """Per-graph and per-step figures of one plan (see the module's docstring)."""
-    ours_names = our_kernel_names()
-    graphs, step = [], Counter()
-    extern_ops, kinds, heavy = Counter(), defaultdict(Counter), []
-    for graph in recorder.graphs:
-        calls = recorder.calls[graph["index"]]
-        wrapper = parse_wrapper(graph["code"], ours_names)
-        launches = sum(wrapper["launches"].values())
-        ours = sum(wrapper["ours"].values())
-        extern_calls = sum(wrapper["extern"].values())
-        node_bytes = sum(n["bytes"] for n in graph["nodes"])
-        extern_bytes = sum(n["bytes"] for n in graph["nodes"] if n["extern"])
-        figures = {"launches": launches, "launches_ours": ours, "launches_inductor": launches - ours,
-                   "extern_calls": extern_calls, "bytes": node_bytes, "extern_bytes": extern_bytes,
-                   "flops": graph["flops"]}
-        graphs.append({"function": graph["function"], "kind": graph["kind"], "calls_per_step": calls,
-                       **figures, "extern": wrapper["extern"], "our_kernels": wrapper["ours"]})
-        if not calls:
+def step_figures(recorder, graph_plans, calls) -> dict:
+    """Per-step sums over the graphs a step calls (`calls`: graph index -> calls)."""
+    step, extern_ops, kinds, heavy = Counter(), Counter(), defaultdict(Counter), []
+    for graph, plan in zip(recorder.graphs, graph_plans):
+        n = calls.get(graph["index"], 0)
+        if not n:
             continue
-        for name, value in figures.items():
-            step[name] += calls * value
-            kinds[graph["kind"]][name] += calls * value
-        for op, count in wrapper["extern"].items():
-            extern_ops[op] += calls * count
+        for name in FIGURES:
+            step[name] += n * plan[name]
+            kinds[graph["kind"]][name] += n * plan[name]
+        for op, count in plan["extern"].items():
+            extern_ops[op] += n * count
         for node in graph["nodes"]:
             if node["bytes"]:
-                heavy.append({"graph": graph["kind"], "kind": "extern " + str(node["extern"]) if node["extern"]
+                heavy.append({"graph": graph["kind"], "kind": "extern " + node["extern"] if node["extern"]
                               else node["kind"].replace("SchedulerNode", "") or "kernel",
-                              "bytes": node["bytes"] * calls, "module": node["module"], "ops": node["ops"]})
-    if not recorder.graphs:
-        raise PlanError("no graph was compiled: torch.compile never reached the plan's inner compile")
-    if not any(recorder.calls.values()):
-        raise PlanError("the planned step called no compiled graph (the compiled functions were not used)")
-    if step["launches"] + step["extern_calls"] == 0 or step["bytes"] == 0:
-        raise PlanError(f"the plan came out empty (launches {step['launches']}, extern calls "
-                        f"{step['extern_calls']}, bytes {step['bytes']}): Inductor's output moved")
-    if variant == "triton" and step["launches_ours"] == 0:
-        # Not an internal moving but a fact the plan reports; the checks in tests hold it.
-        pass
-    outside_per_step = sum(step_outside.values()) + sum(epoch_outside.values()) / config.steps_per_epoch
+                              "bytes": node["bytes"] * n, "module": node["module"], "ops": node["ops"]})
+    heavy.sort(key=lambda item: -item["bytes"])
+    return {"step": {name: step[name] for name in FIGURES}, "by_graph_kind": {k: dict(v) for k, v in kinds.items()},
+            "extern_by_op": dict(extern_ops), "heaviest": heavy}
+
+
+FIGURES = ("launches", "launches_ours", "launches_inductor", "extern_calls", "bytes", "extern_bytes", "flops")
+
+
+def predict(step: dict, outside_ops: float) -> dict:
+    """Seconds of one step on each card (the model in bench/NOTES.md)."""
     predicted = {}
     for card, rates in CARDS.items():
         traffic = step["bytes"] / rates["copy_rate"]
         matrix = step["flops"] / rates["matrix_rate"]
-        launches = (step["launches"] + step["extern_calls"] + outside_per_step) * LAUNCH_OVERHEAD
-        graphed = outside_per_step * LAUNCH_OVERHEAD
-        seconds = traffic + matrix + launches
-        predicted[card] = {"traffic_ms": 1e3 * traffic, "matrix_ms": 1e3 * matrix,
-                           "launch_ms": 1e3 * launches, "ms_per_step": 1e3 * seconds,
-                           "s_per_run": seconds * config.total_steps,
-                           "s_per_run_cuda_graphs": (traffic + matrix + graphed) * config.total_steps}
-    heavy.sort(key=lambda item: -item["bytes"])
+        launches = (step["launches"] + step["extern_calls"] + outside_ops) * LAUNCH_OVERHEAD
+        predicted[card] = {"traffic_ms": 1e3 * traffic, "matrix_ms": 1e3 * matrix, "launch_ms": 1e3 * launches,
+                           "ms_per_step": 1e3 * (traffic + matrix + launches),
+                           "ms_per_step_cuda_graphs": 1e3 * (traffic + matrix + outside_ops * LAUNCH_OVERHEAD)}
+    return predicted
+
+
+def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside, top=12) -> dict:
+    """Per-graph, per-step and per-run figures of one plan (see the module's docstring). The
+    per-step figures are those of the run's last phase (every step, for most recipes)."""
+    if not recorder.graphs:
+        raise PlanError("no graph was compiled: torch.compile never reached the plan's inner compile")
+    ours_names = our_kernels()
+    graph_plans = []
+    for graph in recorder.graphs:
+        wrapper = parse_wrapper(graph["code"], ours_names)
+        launches, ours = sum(wrapper["launches"].values()), sum(wrapper["ours"].values())
+        graph_plans.append({
+            "function": graph["function"], "kind": graph["kind"], "launches": launches, "launches_ours": ours,
+            "launches_inductor": launches - ours, "extern_calls": sum(wrapper["extern"].values()),
+            "bytes": sum(n["bytes"] for n in graph["nodes"]),
+            "extern_bytes": sum(n["bytes"] for n in graph["nodes"] if n["extern"]),
+            "flops": graph["flops"], "extern": wrapper["extern"], "our_kernels": wrapper["ours"]})
+    if not phases:
+        raise PlanError("the plan measured no step")
+    per_phase = []
+    for phase in phases:
+        if not any(phase["calls"].values()):
+            raise PlanError("the planned step called no compiled graph (the compiled functions were not used)")
+        figures = step_figures(recorder, graph_plans, phase["calls"])
+        step = figures["step"]
+        if step["launches"] + step["extern_calls"] == 0 or step["bytes"] == 0:
+            raise PlanError(f"the plan came out empty (launches {step['launches']}, extern calls "
+                            f"{step['extern_calls']}, bytes {step['bytes']}): Inductor's output moved")
+        outside_ops = sum(phase["outside"].values()) + sum(epoch_outside.values()) / config.steps_per_epoch
+        per_phase.append({"first_step": phase["first_step"], "steps": phase["steps"],
+                          "calls_per_step": {str(k): v for k, v in phase["calls"].items() if v},
+                          **figures, "outside": phase["outside"], "outside_ops": outside_ops,
+                          "predicted": predict(step, outside_ops)})
+    last = per_phase[-1]
+    predicted = copy.deepcopy(last["predicted"])
+    for card, q in predicted.items():
+        q["s_per_run"] = sum(p["steps"] * p["predicted"][card]["ms_per_step"] for p in per_phase) / 1e3
+        q["s_per_run_cuda_graphs"] = sum(p["steps"] * p["predicted"][card]["ms_per_step_cuda_graphs"]
+                                         for p in per_phase) / 1e3
+    for index, plan in enumerate(graph_plans):
+        plan["calls_per_step"] = last["calls_per_step"].get(str(index), 0)
     import triton
+    defaults = type(config)().to_dict()
     return {
         "recipe": recipe.name, "recipe_file": recipe.file, "kernels": variant,
         "batch_size": config.batch_size, "dtype": str(dtype).replace("torch.", ""),
-        "steps_per_run": config.total_steps, "overrides": {k: v for k, v in config.to_dict().items()
-                                                           if v != type(config)().to_dict().get(k)},
+        "steps_per_run": config.total_steps,
+        "overrides": {k: v for k, v in config.to_dict().items() if v != defaults.get(k)},
         "torch": torch.__version__, "triton": triton.__version__,
-        "step": dict(step), "by_graph_kind": {k: dict(v) for k, v in kinds.items()},
-        "extern_by_op": dict(extern_ops), "graphs": graphs,
-        "outside": {"per_step": step_outside, "per_epoch_loader": epoch_outside,
-                    "ops_per_step": outside_per_step},
-        "predicted": predicted, "heaviest": heavy[:top],
+        "step": last["step"], "by_graph_kind": last["by_graph_kind"], "extern_by_op": last["extern_by_op"],
+        "graphs": graph_plans,
+        "outside": {"per_step": last["outside"], "per_epoch_loader": epoch_outside,
+                    "ops_per_step": last["outside_ops"]},
+        "predicted": predicted, "heaviest": last["heaviest"][:top],
+        "phases": [{k: v for k, v in p.items() if k != "heaviest"} for p in per_phase],
         "code": [graph["code"] for graph in recorder.graphs],
     }
 
@@ -645,6 +701,10 @@ def text_report(plan: dict) -> str:
     lines = [
         f"== {plan['recipe']} --kernels {plan['kernels']}  (batch {plan['batch_size']}, {plan['dtype']}, "
         f"{plan['steps_per_run']} steps/run; torch {plan['torch']}, triton {plan['triton']})",
+        *([f"  phases                 " + "; ".join(
+            f"steps {p['first_step']}-{p['first_step'] + p['steps'] - 1}: {p['step']['launches']} launches, "
+            f"{p['step']['extern_calls']} extern, {fmt_gb(p['step']['bytes'])} GB"
+            for p in plan["phases"]) + " (figures below: the last phase)"] if len(plan["phases"]) > 1 else []),
         f"  Triton launches/step   {s['launches']} (forward / backward / update {per_kind}); "
         f"ours {s['launches_ours']}, Inductor's {s['launches_inductor']}",
         f"  extern calls/step      {s['extern_calls']}: " +
@@ -681,6 +741,8 @@ def csv_row(plan: dict, commit: str, date: str) -> dict:
         "predicted_ms_step_h200": round(p["H200"]["ms_per_step"], 3),
         "predicted_s_run_h100": round(p["H100"]["s_per_run"], 3),
         "predicted_s_run_h200": round(p["H200"]["s_per_run"], 3),
+        "predicted_s_run_cuda_graphs_h100": round(p["H100"]["s_per_run_cuda_graphs"], 3),
+        "predicted_s_run_cuda_graphs_h200": round(p["H200"]["s_per_run_cuda_graphs"], 3),
         "steps_per_run": plan["steps_per_run"],
     }
 
@@ -694,6 +756,43 @@ def git_commit() -> str:
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+# bench/train.py's compiled variants -> (the plan's kernels, with CUDA graphs)
+TRAIN_VARIANTS = {"compile": ("eager", False), "compile+triton": ("triton", False),
+                  "compile+cudagraphs": ("eager", True), "compile+triton+cudagraphs": ("triton", True)}
+
+
+def latest_predictions(results_root: str) -> dict:
+    """{(recipe, kernels): the newest row} of the newest bench/results/gpu_plan-*/plan.csv."""
+    folders = sorted(d for d in os.listdir(results_root) if d.startswith("gpu_plan-")
+                     and os.path.isfile(os.path.join(results_root, d, "plan.csv")))
+    if not folders:
+        return {}
+    with open(os.path.join(results_root, folders[-1], "plan.csv")) as f:
+        return {(row["recipe"], row["kernels"]): row for row in csv.DictReader(f)}
+
+
+def beside(train_log: str, results_root: str) -> str:
+    """bench/train.py's "row RECIPE/VARIANT: ..." lines of `train_log`, each followed by the
+    plan's predicted seconds of training per run for that variant (bench/device_check.sh)."""
+    predictions, lines = latest_predictions(results_root), []
+    with open(train_log, errors="replace") as f:
+        rows = [line.rstrip("\n") for line in f if line.startswith("row ")]
+    for line in rows:
+        lines.append(line)
+        match = re.match(r"row ([^/]+)/(\S+?):", line)
+        if not match or match.group(2) not in TRAIN_VARIANTS:
+            continue
+        kernels, graphs = TRAIN_VARIANTS[match.group(2)]
+        row = predictions.get((match.group(1), kernels))
+        if row is None:
+            lines.append(f"    predicted: no GPU plan row for {match.group(1)} --kernels {kernels}")
+            continue
+        key = "predicted_s_run_cuda_graphs_" if graphs else "predicted_s_run_"
+        lines.append(f"    predicted (GPU plan at {row['commit']}): {row.get(key + 'h200') or '?'} s training per run "
+                     f"on an H200, {row.get(key + 'h100') or '?'} s on an H100 (measured: the s training above)")
+    return "\n".join(lines)
 
 
 def parse_overrides(items) -> dict:
@@ -717,14 +816,20 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                         help="change a recipe field (tests: tiny widths and batches)")
     parser.add_argument("--json", help="write every plan as JSON here")
-    parser.add_argument("--results", help="a folder: plan.json and one CSV row per plan appended to plan.csv")
+    parser.add_argument("--results", help="a folder: one row per plan appended to plan.csv, one line to plans.jsonl")
     parser.add_argument("--dump", help="a folder: every graph's wrapper code (with its kernels) as a .py file")
+    parser.add_argument("--beside", metavar="TRAIN_LOG", help="print bench/train.py's row lines of TRAIN_LOG with "
+                        "the newest committed plan's prediction under each, and stop (bench/device_check.sh)")
     parser.add_argument("--top", type=int, default=12, help="heaviest kernels to list (default 12)")
     args = parser.parse_args(argv)
+    if args.beside:
+        print(beside(args.beside, os.path.join(ROOT, "bench", "results")))
+        return 0
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("gpu_plan: unset TRITON_INTERPRET (the plan needs our kernels as triton_ops, as on a GPU)",
               file=sys.stderr)
         return 2
+    commit, date = git_commit(), datetime.date.today().isoformat()      # the code the plans read
     try:
         overrides = parse_overrides(args.set)
         install_stand_in()
@@ -741,14 +846,14 @@ def main(argv=None) -> int:
     except (PlanError, ValueError) as error:
         print(f"gpu_plan: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
-    commit, date = git_commit(), datetime.date.today().isoformat()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"commit": commit, "date": date, "plans": plans}, f, indent=1)
     if args.results:
         os.makedirs(args.results, exist_ok=True)
-        with open(os.path.join(args.results, "plan.json"), "w") as f:
-            json.dump({"commit": commit, "date": date, "plans": plans}, f, indent=1)
+        with open(os.path.join(args.results, "plans.jsonl"), "a") as f:     # appended, never rewritten
+            for plan in plans:
+                f.write(json.dumps({"commit": commit, "date": date, **plan}) + "\n")
         path = os.path.join(args.results, "plan.csv")
         new = not os.path.exists(path)
         with open(path, "a", newline="") as f:
