@@ -388,6 +388,7 @@ class Trainer:
             result.accuracy = result.epochs[-1]["val_accuracy"]
         else:
             result.accuracy = self.evaluate(model, test, final_views)
+        optimizers.train_all()                          # a group stopped early trains in the next run
         result.train_seconds = train_timer.seconds
         result.total_seconds = total_timer.seconds
         # Copies: the kept networks are overwritten by the next run.
