@@ -600,8 +600,10 @@ def step_figures(recorder, graph_plans, calls) -> dict:
             extern_ops[op] += n * count
         for node in graph["nodes"]:
             if node["bytes"]:
-                heavy.append({"graph": graph["kind"], "kind": "extern " + node["extern"] if node["extern"]
-                              else node["kind"].replace("SchedulerNode", "") or "kernel",
+                kind = ("extern " + node["extern"] if node["extern"] else
+                        "our kernel" if node["kind"].startswith("ExternKernel") else    # a user Triton kernel
+                        node["kind"].replace("SchedulerNode", "").lower() or "kernel")
+                heavy.append({"graph": graph["kind"], "kind": kind,
                               "bytes": node["bytes"] * n, "module": node["module"], "ops": node["ops"]})
     heavy.sort(key=lambda item: -item["bytes"])
     return {"step": {name: step[name] for name in FIGURES}, "by_graph_kind": {k: dict(v) for k, v in kinds.items()},
