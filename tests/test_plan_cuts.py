@@ -55,3 +55,33 @@ def test_the_warm_up_compiles_the_step_without_the_whitening_bias(recipe):
     steps on both sides of the stop; never inside a timed run."""
     warm = make_config(recipe).warm_up_config()
     assert 1 <= warm.whiten_bias_steps < warm.total_steps
+
+
+def test_the_ema_copies_the_batchnorm_counters_in_one_launch_with_the_same_values():
+    from engine.training.train import EMA
+
+    config = make_config("seed", base_width=8)
+    network = config.build_network(EAGER, "cpu", torch.float32)
+    ema = EMA(config.build_network(EAGER, "cpu", torch.float32))
+    ema.update(network, 0.9)                                  # the first update copies everything
+    with torch.no_grad():
+        for name, value in network.state_dict().items():
+            value.add_(torch.randint_like(value, 1, 5) if not value.is_floating_point() else torch.randn_like(value))
+    expected = {}
+    for name, value in network.state_dict().items():       # the update, tensor by tensor
+        old = ema.model.state_dict()[name]
+        expected[name] = old + (value - old) * 0.1 if value.is_floating_point() else value.clone()
+    launched = []
+
+    class Ops(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            launched.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+    with Ops():
+        ema.update(network, 0.9)
+    for name, value in ema.model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, expected[name], rtol=1e-6, atol=1e-7), name
+        else:
+            assert torch.equal(value, expected[name]), name
+    assert [op for op in launched if op not in ("detach", "alias")] == ["_foreach_lerp_", "_foreach_copy_"]
