@@ -14,7 +14,9 @@
 # on CUDA; bench/kernels.py. Logs, JSON, traces.tar and csv.tar (the rows
 # appended to bench/results/*.csv) go to OUTDIR (default: $OUT when set, else
 # out/device_check): 8 files at most, as the device tool brings back. A short
-# summary is printed last.
+# summary is printed last; under each compiled variant's row it prints the GPU
+# plan's predicted seconds of training per run (bench/gpu_plan.py --beside, from the
+# newest bench/results/gpu_plan-*/plan.csv), so the first GPU window tests the model.
 #
 # Nothing measured is lost when a stage hits its limit: bench/train.py rewrites
 # its JSON, appends its CSV row and prints a "row ..." line as each variant
@@ -179,7 +181,7 @@ csvs=(); for f in train.csv kernels.csv; do [ -f "bench/results/$f" ] && csvs+=(
   head -n 4 "$outdir/env_and_tests.log"
   printf '%s\n' "${stage_status[@]}"
   echo "--- bench/train.py, one row per finished variant (details: train.log, train*.json, traces.tar, csv.tar) ---"
-  grep -E "^row " "$outdir/train.log"
+  "$PY" bench/gpu_plan.py --beside "$outdir/train.log" 2>/dev/null || grep -E "^row " "$outdir/train.log"
   grep -E "^profile |\] (FAILED|profiling FAILED)" "$outdir/train.log" | awk '!seen[$0]++'
   for recipe in seed airbench94-muon hiverge; do
     grep -q "^bench/train.py on .*recipe: $recipe," "$outdir/train.log" ||

@@ -124,8 +124,8 @@ class Config(RecipeConfig):
             model.whiten.weight.copy_(torch.cat([filters, -filters]))
 
     def optimizer_groups(self, model: "Network") -> list[Group]:
-        """Nesterov SGD for the whitening bias (its rate reaches 0 after whiten_bias_steps: it
-        stops training there, with no change to the compiled graph), the BatchNorm biases and
+        """Nesterov SGD for the whitening bias (its rate reaches 0 at whiten_bias_steps: from
+        there it computes no gradient, a second compiled graph), the BatchNorm biases and
         the head; Muon for every 3x3 filter. Rates decay linearly to 0 over the run."""
         decay, total = self.weight_decay, self.total_steps
         filters = [p for p in model.parameters() if p.requires_grad and p.dim() == 4]
@@ -140,7 +140,7 @@ class Config(RecipeConfig):
         sgd = dict(rule="sgd", momentum=self.sgd_momentum)
         return [
             Group("whiten bias", [model.whiten.bias], peak_lr=self.bias_lr, weight_decay=decay / self.bias_lr,
-                  schedule=whiten_bias_schedule, **sgd),
+                  schedule=whiten_bias_schedule, trains_until=max(self.whiten_bias_steps, 1), **sgd),
             Group("norm biases", norm_biases, peak_lr=self.bias_lr, weight_decay=decay / self.bias_lr,
                   schedule=linear_decay, **sgd),
             Group("head", [model.head.weight], peak_lr=self.head_lr, weight_decay=decay / self.head_lr,

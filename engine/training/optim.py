@@ -133,6 +133,8 @@ class Group:
     newton_schulz_dtype: torch.dtype | None = torch.bfloat16
     newton_schulz_eps: float = 1e-7
     rescale_every: int = 1
+    trains_until: int | None = None   # None, or the step from which lr is 0 for good: from there on
+                                      # the group's parameters compute no gradient and get no update
 
     def __post_init__(self):
         if self.rule not in ("sgd", "muon"):
@@ -150,6 +152,11 @@ class Group:
 
     def lr_at(self, step: int) -> float:
         return self.peak_lr * self.schedule(step)
+
+    def trains_at(self, step: int) -> bool:
+        """Whether the group still trains at step `step`: with a learning rate of 0 its step
+        leaves the parameters exactly as they are, so after `trains_until` it is skipped."""
+        return self.trains_until is None or step < self.trains_until
 
 
 class Optimizers:
@@ -184,6 +191,20 @@ class Optimizers:
         for group, lr, rescale in zip(self.groups, self.lrs, self.rescales):
             lr.fill_(group.lr_at(step))
             rescale.fill_(float(group.rescales_at(step)))
+            self.set_trains(group, group.trains_at(step))
+
+    @staticmethod
+    def set_trains(group: Group, trains: bool):
+        """A group past `trains_until` stops asking for gradients (the compiled step then has a
+        second graph without them, which the warm-up compiles); the next run turns them back on."""
+        for p in group.params:
+            if p.requires_grad != trains:
+                p.requires_grad_(trains)
+
+    def train_all(self):
+        """Every group's parameters ask for gradients again (the end of a run)."""
+        for group in self.groups:
+            self.set_trains(group, True)
 
     def lrs_at(self, step: int) -> dict:
         """{group name: learning rate} at `step`, computed on the host (no sync)."""
@@ -193,6 +214,8 @@ class Optimizers:
         """What update_groups_ takes: the SGD groups' and the Muon groups' tuples."""
         sgd, muon = [], []
         for group, buffers, lr, rescale in zip(self.groups, self.buffers, self.lrs, self.rescales):
+            if group.trains_until is not None and not all(p.requires_grad for p in group.params):
+                continue          # stopped: its rate is 0 for good
             grads = [p.grad for p in group.params]
             if group.rule == "sgd":
                 sgd.append((group.params, grads, buffers, lr, group.weight_decay, group.momentum))

@@ -176,9 +176,9 @@ class EMA:
             return
         floating = [name for name, value in state.items() if value.is_floating_point()]
         torch._foreach_lerp_([ema_state[n] for n in floating], [state[n] for n in floating], 1 - decay)
-        for name, value in state.items():
-            if not value.is_floating_point():
-                ema_state[name].copy_(value)
+        counters = [name for name, value in state.items() if not value.is_floating_point()]
+        if counters:          # BatchNorm's num_batches_tracked: one launch for all, not one each
+            torch._foreach_copy_([ema_state[n] for n in counters], [state[n] for n in counters])
 
 
 def _same_tensors(a: nn.Module, b: nn.Module) -> bool:
@@ -388,6 +388,7 @@ class Trainer:
             result.accuracy = result.epochs[-1]["val_accuracy"]
         else:
             result.accuracy = self.evaluate(model, test, final_views)
+        optimizers.train_all()                          # a group stopped early trains in the next run
         result.train_seconds = train_timer.seconds
         result.total_seconds = total_timer.seconds
         # Copies: the kept networks are overwritten by the next run.
