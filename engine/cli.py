@@ -59,22 +59,25 @@ def data_input(data: str | None) -> list[tuple[str, str]]:
 
 def main(argv=None, prog: str | None = None) -> int:
     """`python run.py ...` and the `cifar-speedrun` command; `prog` names us in messages
-    (default: from how the process was started)."""
+    (default: from how the process was started). `tune` enters through engine/command.py."""
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or program_name(sys.argv[0])
+    if argv[:1] == ["evaluate"]:
+        return interruptible(evaluate_main, argv[1:], prog)
+    if argv[:1] == ["convert"]:
+        return interruptible(convert_main, argv[1:], prog)
+    if argv[:1] == ["compare"]:
+        from engine.results.compare import compare_main
+        return interruptible(compare_main, argv[1:], prog)
+    return interruptible(train_main, argv, prog)
+
+
+def interruptible(command, argv: list, prog: str) -> int:
+    """command(argv, prog), with SIGTERM and SIGHUP stopping it like Ctrl-C; an interruption
+    that no Session summarised (it came before any run finished) is one line."""
     try:      # a Session summarises its own interruptions: this one came before any run finished
         with signals_stop():
-            if argv[:1] == ["evaluate"]:
-                return evaluate_main(argv[1:], prog)
-            if argv[:1] == ["convert"]:
-                return convert_main(argv[1:], prog)
-            if argv[:1] == ["compare"]:
-                from engine.results.compare import compare_main
-                return compare_main(argv[1:], prog)
-            if argv[:1] == ["tune"]:
-                from engine.results.tune import tune_main
-                return tune_main(argv[1:], prog)
-            return train_main(argv, prog)
+            return command(argv, prog)
     except KeyboardInterrupt as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
         print(f"\n{prog}: interrupted before any result was ready ({signal.Signals(signum).name}); "

@@ -31,6 +31,10 @@ def main(argv=None, prog: str | None = None) -> int:
                 parser.error(problem)
     except SystemExit as exit:              # argparse printed the help (0) or an error (2)
         return exit.code if isinstance(exit.code, int) else 1
+    if subcommand == "tune":               # engine/results/tune.py builds on engine/cli.py
+        from engine.cli import interruptible
+        from engine.results.tune import tune_main
+        return interruptible(tune_main, argv[1:], prog)
     from engine.cli import main as run
     return run(argv, prog)
 

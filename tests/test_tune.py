@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.cli import main
+from engine.command import main
 from engine.recipe_files import find_recipe
 from engine.results.tune import TuneError, parse_space
 

@@ -694,11 +694,12 @@ def tune(parser, args, confirm_default: int) -> int:
                                 device, dtype, kernels, locks=locks, data=data)
         from engine.results.compare import CompareError, compare, format_comparison, load_entries
         try:
-            comparison = compare(load_entries([paths["confirm"]]))
+            entries, notes = load_entries([paths["confirm"]])
+            comparison = compare(entries)
         except CompareError as error:
             print(f"{parser.prog}: error: no comparison ({error})", file=sys.stderr)
             return max(status, 1)
-        print("\n" + format_comparison(comparison), flush=True)
+        print("\n" + format_comparison(comparison, notes), flush=True)
         payload["confirmation"] = {"seeds": list(range(fresh, fresh + confirm)), "json": paths["confirm"],
                                    "comparison": comparison}
         if written == args.json:
