@@ -144,5 +144,5 @@ def test_compare_needs_two_results_and_never_writes_over_one(tmp_path, capsys):
 def test_compare_reads_json_without_importing_torch():
     code = ("import sys; from engine.results.compare import compare_main; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

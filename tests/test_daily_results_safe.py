@@ -244,7 +244,7 @@ def test_sigterm_and_sighup_are_summarised_like_ctrl_c(tmp_path, signum, status)
             if line.startswith("final:"):
                 break
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate()
     finally:
         process.kill()
     assert process.returncode == status, stderr

@@ -52,7 +52,7 @@ def other_machine_environment() -> dict:
 def test_the_child_process_really_runs_as_another_machine():
     code = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
     result = subprocess.run([sys.executable, "-c", code], env=other_machine_environment(), capture_output=True,
-                            text=True, timeout=120)
+                            text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["DEFAULT", "1"]
 
@@ -60,5 +60,5 @@ def test_the_child_process_really_runs_as_another_machine():
 def test_the_numerics_tests_pass_on_another_cpu_and_thread_count():
     assert all((ROOT / name).is_file() for name in NUMERICS_TESTS)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NUMERICS_TESTS],
-                            cwd=ROOT, env=other_machine_environment(), capture_output=True, text=True, timeout=1800)
+                            cwd=ROOT, env=other_machine_environment(), capture_output=True, text=True)
     assert result.returncode == 0, f"under {narrower_isa()}, scalar ATen, 1 thread:\n{result.stdout[-6000:]}"
