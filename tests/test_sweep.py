@@ -3,6 +3,7 @@ their errors, compiled graphs reused across a learning-rate sweep, and the comma
 end on tiny synthetic data (every point's runs in the JSON, the comparison with the first
 point, Ctrl-C keeping the finished points, both recipes in one command)."""
 import json
+import re
 
 import pytest
 import torch
@@ -145,3 +146,42 @@ def test_both_recipes_in_one_command(tmp_path, capsys):
     assert report["points"][1]["config"]["muon_lr"] == make_config("airbench94-muon").muon_lr
     assert read_checkpoint(tmp_path / "m-point2-seed0.pt")["recipe"] == "airbench94-muon"
     assert "point 2  airbench94-muon" in capsys.readouterr().out
+
+
+# Each point's made-up result, by its learning rate: every difference between two points is its own
+# number, so a comparison with any point but the first gives a difference the test does not expect.
+POINT_RESULTS = {0.001: (0.50, 1.0), 0.002: (0.60, 2.0), 0.003: (0.80, 4.0), 0.004: (0.55, 8.0)}
+
+
+def results_by_learning_rate(self, train, test, seed, on_epoch=None, **kwargs):
+    """A stand-in for Trainer.run: an instant result set by the point's learning rate (and a
+    little by the seed, so that each point has a spread)."""
+    from engine.training.train import RunResult
+    accuracy, seconds = POINT_RESULTS[self.config.lr]
+    accuracy += seed / 1000
+    row = {"epoch": 1, "train_loss": 1.0, "train_accuracy": accuracy, "val_accuracy": accuracy,
+           "ema_val_accuracy": accuracy, "seconds": seconds}
+    on_epoch(row)
+    return RunResult(seed=seed, accuracy=accuracy, ema_accuracy=accuracy, train_seconds=seconds + seed / 100,
+                     total_seconds=seconds + 1, epochs=[row])
+
+
+def test_every_point_of_a_longer_sweep_is_compared_with_the_first(tmp_path, monkeypatch, capsys):
+    """Four points: the JSON's comparisons and each "vs point 1" line hold that point's runs
+    against point 1's, never against the previous point or another one."""
+    monkeypatch.setattr(engine.training.train.Trainer, "run", results_by_learning_rate)
+    out = tmp_path / "sweep.json"
+    main([*TINY, "--set", "lr=0.001,0.002,0.003,0.004", "--runs", "2", "--json", str(out)])
+    report = read_json(out)
+    first_accuracy, first_seconds = POINT_RESULTS[0.001]
+    expected = [(POINT_RESULTS[lr][0] - first_accuracy, POINT_RESULTS[lr][1] - first_seconds)
+                for lr in (0.002, 0.003, 0.004)]
+    assert [(c["point"], c["baseline"]) for c in report["comparisons"]] == [(1, 0), (2, 0), (3, 0)]
+    for comparison, (accuracy, seconds) in zip(report["comparisons"], expected):
+        assert comparison["ema_accuracy"]["difference"] == pytest.approx(accuracy)
+        assert comparison["train_seconds"]["difference"] == pytest.approx(seconds)
+        assert comparison["total_seconds"]["difference"] == pytest.approx(seconds)
+    shown = re.findall(r"vs point 1: result ([+-]\d+\.\d+)\S* .*; training ([+-]\d+\.\d+) s",
+                       capsys.readouterr().out)
+    assert [(float(a), float(s)) for a, s in shown] == [(pytest.approx(100 * a), pytest.approx(s))
+                                                        for a, s in expected]
