@@ -35,7 +35,9 @@ def test_the_recipes_and_their_presets():
 
 @pytest.mark.parametrize("args, message", [
     (["--ema-decay", "0.9"], "--ema-decay does not apply to --recipe airbench94-muon; drop it"),
-    (["--lr", "0.1", "--cutout", "8"], "--lr, --cutout do not apply to --recipe airbench94-muon; drop them"),
+    (["--lr", "0.1", "--cutout", "8"], "--lr, --cutout do not apply to --recipe airbench94-muon; drop them, and use "
+                                       "--set muon_lr=V instead of --lr (its learning rates, one per group: "
+                                       "muon_lr 0.24, head_lr 0.67, bias_lr 0.053)"),
 ])
 def test_overrides_the_recipe_does_not_have_are_refused_before_the_data(args, message, tmp_path):
     result = run_cli("--recipe", "airbench94-muon", "--data", str(tmp_path / "missing.npz"), "--device", "cpu",

@@ -42,6 +42,18 @@ def test_the_grid_is_every_combination_recipes_outermost():
     (["--set", "mean=0.5"], "--set mean: a tuple setting cannot be set on the command line"),
     (["--recipe", "seed,airbench94-muon", "--set", "lr=0.1"], "recipe airbench94-muon has no setting lr"),
     (["--set", "lr=0.002,-1"], "lr"),
+    (["--set", "lable_smoothing=0.1"], "--set lable_smoothing: recipe seed has no setting lable_smoothing "
+                                       "(did you mean label_smoothing?); its settings: "),
+    (["--recipe", "hiverge", "--set", "muon_rl=0.1"], "has no setting muon_rl (did you mean muon_lr?)"),
+    (["--recipe", "hiverge", "--set", "lr=0.1"], "has no setting lr (did you mean muon_lr or head_lr or bias_lr?)"),
+    (["--recipe", "hiverge", "--lr", "0.1"], "--lr does not apply to --recipe hiverge; drop it, and use --set "
+                                             "muon_lr=V instead of --lr (its learning rates, one per group: "
+                                             "muon_lr 0.205, head_lr 0.5415, bias_lr 0.0573)"),
+    (["--recipe", "seed,hiverge", "--weight-decay", "0.1", "--momentum", "0.8"],
+     "--weight-decay, --momentum do not apply to --recipe hiverge; drop them, and use --set "
+     "weight_decay_per_image=V instead of --weight-decay (its weight decay, per training image: "
+     "weight_decay_per_image 1.042e-06); --set muon_momentum=V instead of --momentum (its momenta, "
+     "Muon's and SGD's: muon_momentum 0.655, sgd_momentum 0.825)"),
 ])
 def test_bad_settings_are_refused_before_the_data(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
