@@ -269,7 +269,7 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--gather-timeout", type=positive_float, default=GATHER_SECONDS, metavar="SECONDS",
                    help="under torchrun: how long a process that finished its runs waits for the others' "
                         f"(default {GATHER_SECONDS}, a day; above the longest run)")
-    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
+    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md, docs/hiverge-recipe.md)")
     g.add_argument("--recipe", default=default_recipe(), metavar="{" + ",".join(built_in_recipes()) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "
