@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_device_check_keeps_a_cut_stages_rows_and_builds_the_summary_from_them(tmp_path):
     """Both training stages are cut halfway, deterministically: bench/train.py kills itself
     (SIGKILL, as `timeout` does at a limit) right after its first variant of two ends

@@ -15,6 +15,7 @@ def run_cli(*args):
                           text=True)
 
 
+@pytest.mark.slow
 def test_synthetic_training_learns_and_writes_json(tmp_path):
     out = tmp_path / "out.json"
     result = run_cli("--data", "synthetic", "--device", "cpu", "--epochs", "2", "--runs", "2",
@@ -37,6 +38,7 @@ def test_synthetic_training_learns_and_writes_json(tmp_path):
     assert report["torch"] and "device" in report and "git_commit" in report and report["dtype"] == "float32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--kernels", "cuda"], "invalid choice: 'cuda' (choose from 'eager', 'triton')"),
     (["--dtype", "float64"], "invalid choice: 'float64'"),

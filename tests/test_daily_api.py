@@ -60,6 +60,7 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "tiny.pt").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_in_process_and_across_processes(cli_run):
     out, _ = cli_run
     data = engine.make_synthetic(SIZE, seed=3)   # run.py draws synthetic data with --seed
@@ -77,12 +78,14 @@ def test_same_seed_is_bit_identical_in_process_and_across_processes(cli_run):
     assert same_state(saved, first.ema_model) and info["accuracy"] == first.ema_accuracy
 
 
+@pytest.mark.slow
 def test_quiet_prints_only_the_summary(cli_run):
     _, result = cli_run
     assert result.stdout.startswith("summary over 1 run(s)")
     assert "epoch" not in result.stdout and "wrote" not in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_recorded_accuracy(cli_run):
     out, _ = cli_run
     payload = read_checkpoint(str(out / "model.pt"))
@@ -97,6 +100,7 @@ def test_evaluate_reproduces_the_recorded_accuracy(cli_run):
     assert "difference +0.00 points" in result.stdout
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))

@@ -36,6 +36,7 @@ def test_world_from_torchrun_variables():
         world_from_env({"WORLD_SIZE": "two"})
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_runs_and_rank0_reports_once(tmp_path):
     out = tmp_path / "runs.json"
     result = torchrun(2, *SMALL, "--runs", "3", "--json", str(out), "--plot", str(tmp_path / "runs.png"))
@@ -52,6 +53,7 @@ def test_two_processes_share_the_runs_and_rank0_reports_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json", "runs.png"]   # progress files removed
 
 
+@pytest.mark.slow
 def test_one_process_is_plain_run_py(tmp_path):
     out = tmp_path / "runs.json"
     result = torchrun(1, *SMALL, "--json", str(out), "--seed", "5")
@@ -64,6 +66,7 @@ def test_one_process_is_plain_run_py(tmp_path):
     assert [row["train_loss"] for row in run["epochs"]] == [row["train_loss"] for row in expected.epochs]
 
 
+@pytest.mark.slow
 def test_a_torchrun_process_on_the_cpu_matches_one_process_with_its_thread_count(tmp_path):
     """torchrun sets OMP_NUM_THREADS=1 in each of its processes: plain run.py with the same
     setting trains the same seed to the same figures (README, Reproducibility)."""

@@ -232,6 +232,7 @@ def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path,
     assert signal.getsignal(signal.SIGINT) is handler_before                # the handler put back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)],
                          ids=["SIGTERM", "SIGHUP (a closed terminal or ssh session)"])
 def test_sigterm_and_sighup_are_summarised_like_ctrl_c(tmp_path, signum, status):

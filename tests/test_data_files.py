@@ -174,6 +174,7 @@ def test_convert_keeps_the_users_file_permissions(tmp_path):
     assert (tmp_path / "out.npz").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_run_py_convert_writes_the_npz_and_reports_errors(tmp_path):
     source = tmp_path / "source.npz"
     np.savez(source, **tiny_arrays())

@@ -165,6 +165,7 @@ def test_an_unreadable_image_is_named(tmp_path):
     assert str(bad) in message and "cannot read the image" in message
 
 
+@pytest.mark.slow
 def test_run_py_convert_turns_an_image_folder_into_an_npz(tmp_path):
     root = tmp_path / "images"
     make_folder(root, classes=("cat", "dog"))

@@ -11,7 +11,8 @@ from kernel_checks import (DEVICE, DTYPES, U32, poisoned_kernel_outputs, assert_
                            check_against_eager, make)
 
 SHAPES = [
-    (2, 32, 31, 31), (2, 128, 15, 15), (2, 256, 7, 7), (2, 512, 3, 3),   # the network's maps
+    *[pytest.param(shape, marks=pytest.mark.slow, id=str(shape)) for shape in [(2, 32, 31, 31), (2, 128, 15, 15), (2, 256, 7, 7)]], (2, 512, 3, 3),   # the network's maps
+    # (the larger maps: the full suite only, as pytest -m slow)
     (1, 3, 3, 3), (3, 40, 5, 7), (1, 130, 3, 3),                          # odd ones
 ]
 
@@ -85,7 +86,8 @@ def uniform(shape, low, high, dtype):
 
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("param_dtype", ["same", torch.float32], ids=["params-as-x", "float32-params"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.slow, id=str(torch.bfloat16))],
+                         ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_affine_gelu_half_rounds_once(channels_last, dtype, param_dtype, residual):
     """Directed inputs whose exact answer is known: positive x, scale, shift, residual and dy

@@ -11,10 +11,11 @@ from kernel_checks import (DEVICE, DTYPES, poisoned_kernel_outputs, check_agains
 
 # (N, C, H, W, hidden)
 SHAPES = [
-    (2, 128, 15, 15, 8), (2, 512, 3, 3, 32),   # the network's two SE blocks
+    pytest.param((2, 128, 15, 15, 8), marks=pytest.mark.slow, id=str((2, 128, 15, 15, 8))),
+    (2, 512, 3, 3, 32),                        # the network's two SE blocks (the first: the full suite only)
     (3, 64, 1, 1, 32),                         # several samples per program, last one partial
-    (2, 256, 3, 3, 128),                       # channels in several blocks
-    (2, 32, 15, 15, 2),                        # reduced base width
+    pytest.param((2, 256, 3, 3, 128), marks=pytest.mark.slow, id=str((2, 256, 3, 3, 128))),  # channels in several blocks
+    pytest.param((2, 32, 15, 15, 2), marks=pytest.mark.slow, id=str((2, 32, 15, 15, 2))),    # reduced base width
     (1, 40, 3, 3, 3), (3, 130, 5, 7, 9), (1, 20, 1, 1, 1),   # odd ones
 ]
 

@@ -202,6 +202,7 @@ def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path)
     assert not os.listdir(tmp_path)              # released: the lock file is gone
 
 
+@pytest.mark.slow
 def test_two_trainings_on_the_same_json_and_save_the_second_is_refused(tmp_path, monkeypatch, capsys):
     out, save = tmp_path / "runs.json", tmp_path / "model.pt"
     seen = []
@@ -240,6 +241,7 @@ def test_two_rescues_of_the_same_name_get_two_files(tmp_path, monkeypatch):
 
 # ---- signals and leftovers ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
     """The child sends itself the signal in the middle of writing OUT (np.savez wrapped)."""
@@ -288,6 +290,7 @@ def test_an_image_replaced_with_the_same_size_and_time_is_decoded_again(tmp_path
     assert np.array_equal(again.train_images[first.train_labels == 3][0], pixels)
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_image_cache_write_leaves_no_temporary_file(tmp_path):
     from test_image_folder import make_folder
 
@@ -399,6 +402,7 @@ def lonely_rank(rank: int, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_rank0_whose_peer_never_joins_says_who_is_missing_within_the_timeout():
     started = time.monotonic()
     done = lonely_rank(0, "--join-timeout", "3")
@@ -409,6 +413,7 @@ def test_rank0_whose_peer_never_joins_says_who_is_missing_within_the_timeout():
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_reach_rank0_says_so_within_the_timeout():
     done = lonely_rank(1, "--join-timeout", "3")
     assert done.returncode == 1, done.stderr
@@ -548,6 +553,7 @@ def test_evaluate_with_a_loader_of_another_dtype_says_so():
 
 # ---- resources and the environment ----
 
+@pytest.mark.slow
 def test_an_mplbackend_naming_nothing_real_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--plot", str(tmp_path / "p.png")],
                           cwd=ROOT, capture_output=True, text=True,

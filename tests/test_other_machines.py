@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The files whose tests compare computed numbers with each other or with references.
@@ -57,6 +59,7 @@ def test_the_child_process_really_runs_as_another_machine():
     assert result.stdout.split() == ["DEFAULT", "1"]
 
 
+@pytest.mark.slow
 def test_the_numerics_tests_pass_on_another_cpu_and_thread_count():
     assert all((ROOT / name).is_file() for name in NUMERICS_TESTS)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NUMERICS_TESTS],

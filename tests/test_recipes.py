@@ -54,6 +54,7 @@ def test_help_lists_every_recipe_and_which_recipes_each_override_applies_to():
     assert "EMA decay per step (seed 0.986, seed-long 0.986)" in text               # seed recipes only
 
 
+@pytest.mark.slow
 def test_a_record_recipe_run_is_saved_and_evaluate_rebuilds_its_network(tmp_path):
     out, model = tmp_path / "run.json", tmp_path / "model.pt"
     result = run_cli("--recipe", "airbench94-muon", "--data", "synthetic", "--synthetic-size", "512", "--device",
