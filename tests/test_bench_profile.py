@@ -130,6 +130,7 @@ def test_a_failing_variant_does_not_stop_the_others(bench_train, tmp_path, monke
     assert len(rows) == 2 and ",eager,off," in rows[1]
 
 
+@pytest.mark.slow
 def test_a_failing_profile_keeps_the_timed_figures(bench_train, tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("no profiler today")

@@ -61,6 +61,7 @@ def test_bad_overrides_are_reported_before_the_data_is_read(tmp_path):
     assert result.returncode == 2 and "smaller than one" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_data_gets_a_clear_message(tmp_path):
     result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu")
     assert result.returncode == 2 and "--download" in result.stderr and "Traceback" not in result.stderr

@@ -51,6 +51,7 @@ def test_import_engine_is_cheap_and_lists_its_api():
         engine.nope
 
 
+@pytest.mark.slow
 def test_readme_library_example_runs(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Library", 1)[1]
