@@ -54,6 +54,7 @@ def test_bad_arguments_get_argparse_errors(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_overrides_are_reported_before_the_data_is_read(tmp_path):
     result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu", "--ema-epochs", "20")
     assert result.returncode == 2 and "ema_epochs (20) must be smaller than epochs (10)" in result.stderr
