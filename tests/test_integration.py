@@ -69,6 +69,7 @@ def test_triton_kernels_give_the_eager_logits_gradients_and_statistics():
         torch.testing.assert_close(eager(images), triton(images), **TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["eager", "triton"])
 def test_compiled_network_matches_eager(kind):
     torch._dynamo.reset()
@@ -87,6 +88,7 @@ def test_whitening_through_the_triton_covariance_equals_eager():
     torch.testing.assert_close(triton, eager, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_compiled_training_learns_without_recompiling():
     # Eager twins inside the compiled step: Inductor's CPU code is fast, while the
     # interpreter would take minutes here (the Triton ops inside a compiled graph are

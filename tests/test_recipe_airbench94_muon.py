@@ -261,6 +261,7 @@ def test_triton_operations_give_the_eager_logits_and_gradients():
         torch.testing.assert_close(triton.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_compiled_step_and_update_match_eager_and_runs_never_recompile():
     """Compiled, the forward + loss + backward gives the eager logits and gradients (1e-2), and the
     update of every group (Muon included) the eager update (stated tolerance: 5e-2 relative to

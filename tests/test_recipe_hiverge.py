@@ -185,6 +185,7 @@ def test_muon_rescales_on_every_fourth_step_only():
     assert len(filters) == 6
 
 
+@pytest.mark.slow
 def test_compiled_runs_never_recompile_across_the_bias_cut_off_epochs_and_runs():
     """--compile: forward + loss + backward and both updates compiled; the whitening-bias
     cut-off (step 2 here), the rescaling steps, the cut last epoch and a second run reuse
