@@ -27,6 +27,8 @@ import kernels
 from kernel_checks import (DEVICE, poisoned_kernel_outputs, check_against_eager,  # noqa: F401
                            make)
 
+pytestmark = pytest.mark.slow        # one probe process for the module: the full suite only
+
 PROBE = Path(__file__).with_name("inductor_probe.py")
 
 EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)

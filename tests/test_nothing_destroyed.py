@@ -119,6 +119,7 @@ def test_a_rerun_stopped_with_fewer_runs_leaves_them_beside_the_earlier_result(t
     assert [r["seed"] for r in aside["runs"]] == [0] and aside["complete"] is False and aside["final"] is True
 
 
+@pytest.mark.slow
 def test_a_rerun_that_finishes_replaces_the_earlier_result(tmp_path, monkeypatch):
     out = tmp_path / "runs.json"
     earlier_result(out, runs=2)
@@ -129,6 +130,7 @@ def test_a_rerun_that_finishes_replaces_the_earlier_result(tmp_path, monkeypatch
     assert not (tmp_path / "runs.unfinished.json").exists()               # the progress file is gone
 
 
+@pytest.mark.slow
 def test_a_complete_result_with_fewer_runs_keeps_the_earlier_as_previous(tmp_path, monkeypatch):
     out = tmp_path / "runs.json"
     earlier = earlier_result(out, runs=3)
@@ -169,6 +171,7 @@ def test_a_rerun_cut_short_with_as_many_runs_as_the_earlier_result_replaces_it(t
     assert "kept the earlier result" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_file_stopped_by_sigterm_is_never_marked_complete(tmp_path, monkeypatch):
     def sigterm(call, seed):
         if call == 3:
@@ -182,6 +185,7 @@ def test_a_file_stopped_by_sigterm_is_never_marked_complete(tmp_path, monkeypatc
 
 # ---- two processes on the same outputs ----
 
+@pytest.mark.slow
 def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "runs.json"
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -588,6 +592,7 @@ def test_a_huge_base_width_is_refused_before_anything_is_allocated(monkeypatch, 
 
 # ---- what reports say ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["seed", "seed-long"])
 def test_a_run_without_ema_is_not_reported_as_ema_accuracy(monkeypatch, capsys, recipe):
     monkeypatch.setattr(Trainer, "run", instant_runs())
@@ -645,6 +650,7 @@ def test_a_checkpoint_that_is_a_device_or_fifo_is_refused_without_reading(tmp_pa
     assert code == 2 and f"{path} is not a regular file" in err and "no such checkpoint" not in err
 
 
+@pytest.mark.slow
 def test_quiet_runs_still_name_every_checkpoint_they_saved(tmp_path, capsys):
     out = tmp_path / "ck.pt"
     code = cli.main(["--data", "synthetic", "--synthetic-size", "256", "--device", "cpu", "--epochs", "2",

@@ -204,6 +204,7 @@ def test_six_views_against_a_slow_reference():
     assert config.evaluation_views(final=False)(forward, images).equal(forward(images))   # plain per epoch
 
 
+@pytest.mark.slow
 def test_the_whitening_bias_trains_for_its_steps_only():
     """Its rate is 0 from whiten_bias_steps on: after the first epoch (4 steps here) the bias
     no longer moves, while everything else keeps training."""

@@ -33,6 +33,7 @@ def test_the_recipes_and_their_presets():
         make_config("airbench94-muon", ema_decay=0.9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--ema-decay", "0.9"], "--ema-decay does not apply to --recipe airbench94-muon; drop it"),
     (["--lr", "0.1", "--cutout", "8"], "--lr, --cutout do not apply to --recipe airbench94-muon; drop them, and use "

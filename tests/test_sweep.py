@@ -128,6 +128,7 @@ def test_one_value_of_set_is_a_plain_override():
     assert (config.lr, config.label_smoothing, config.epochs, config.ema_epochs) == (0.003, 0.1, 3, 2)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, capsys):
     real_run, calls = engine.training.train.Trainer.run, []
 
@@ -147,6 +148,7 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, caps
     assert "point 2  lr=0.002  0 run(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_both_recipes_in_one_command(tmp_path, capsys):
     out, save = tmp_path / "both.json", tmp_path / "m.pt"
     main([*TINY, "--recipe", "seed,airbench94-muon", "--json", str(out), "--save", str(save)])
