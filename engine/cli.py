@@ -17,7 +17,7 @@ from engine.results.distributed import PeersMissing, World, barrier, finish, sta
 from engine.errors import explain
 from engine.training.ops import make_ops
 from engine.options import (OVERRIDES, SYNTHETIC_SIZE, build_convert_parser, build_evaluate_parser, build_parser,
-                            pointless_data_flags, pointless_flags, program_name)
+                            pointless_data_flags, pointless_flags, program_name, refused_overrides)
 from engine.outputs import OutputError, OutputLocks
 from engine.results.plots import require_matplotlib
 from engine.results.progress import Progress, Ticker
@@ -149,9 +149,7 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
     cls = recipe.config_class
     foreign = [option for option, field in given.items() if field not in cls.field_names()]
     if foreign:
-        raise ValueError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to --recipe "
-                         f"{args.recipe}; drop {'it' if len(foreign) == 1 else 'them'} (the recipes each "
-                         f"option applies to are listed in --help)")
+        raise ValueError(refused_overrides(foreign, recipe.name, cls.field_names()))
     return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
                               **(settings or {}))
 

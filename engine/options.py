@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import functools
 import operator
 import os
@@ -134,6 +135,51 @@ OVERRIDES = {
 }
 
 
+# What a recipe without a seed-recipe override's field may have in its place (the Muon recipes'
+# per-group settings), named by the refusal and by --set's "did you mean".
+INSTEAD = {
+    "lr": (("muon_lr", "head_lr", "bias_lr"), "its learning rates, one per group"),
+    "weight_decay": (("weight_decay_per_image",), "its weight decay, per training image"),
+    "momentum": (("muon_momentum", "sgd_momentum"), "its momenta, Muon's and SGD's"),
+}
+
+
+def close_names(name: str, names) -> list[str]:
+    """The names in `names` a mistyped or foreign setting `name` may have meant: INSTEAD's
+    alternatives first, then the nearest spellings."""
+    names = sorted(names)
+    alternatives = [n for n in INSTEAD.get(name, ((), ""))[0] if n in names]
+    spelled = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return alternatives + [n for n in spelled if n not in alternatives]
+
+
+def did_you_mean(name: str, names) -> str:
+    """' (did you mean muon_lr?)', or '' when nothing in `names` is close to `name`."""
+    close = close_names(name, names)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def refused_overrides(options: list, recipe: str, fields) -> str:
+    """The refusal of recipe overrides (their options, e.g. ["--lr"]) that recipe `recipe`
+    (whose Config has `fields`) has no setting for: drop them, and where it has settings in
+    their place (INSTEAD), the --set that sets them, with the built-in recipe's defaults."""
+    defaults = built_in_recipes().get(recipe, {})
+
+    def shown(name: str) -> str:          # 'muon_lr 0.205' (a built-in recipe's default), else 'muon_lr'
+        return f"{name} {defaults[name]:.4g}" if isinstance(defaults.get(name), float) else name
+    text = (f"{', '.join(options)} do{'es' if len(options) == 1 else ''} not apply to --recipe {recipe}; "
+            f"drop {'it' if len(options) == 1 else 'them'}")
+    instead = []
+    for option in options:
+        alternatives, what = INSTEAD.get(OVERRIDES[option][0], ((), ""))
+        present = [name for name in alternatives if name in fields]
+        if present:
+            instead.append(f"--set {present[0]}=V instead of {option} ({what}: {', '.join(map(shown, present))})")
+    if instead:
+        return text + ", and use " + "; ".join(instead)
+    return text + " (the recipes each option applies to are listed in --help)"
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -252,7 +298,7 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--gather-timeout", type=positive_float, default=GATHER_SECONDS, metavar="SECONDS",
                    help="under torchrun: how long a process that finished its runs waits for the others' "
                         f"(default {GATHER_SECONDS}, a day; above the longest run)")
-    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md)")
+    g = p.add_argument_group("recipe (docs/recipe.md, docs/record-recipe.md, docs/hiverge-recipe.md)")
     g.add_argument("--recipe", default=default_recipe(), metavar="{" + ",".join(built_in_recipes()) + "}|FILE.py|MODULE[,...]",
                    help="seed: hlb-CIFAR10's 'under 10 seconds' release (default); seed-long: its long "
                         "configuration, base width 128 and 80 epochs (about 95.8%%); airbench94-muon: "

@@ -155,3 +155,44 @@ def check_against_eager(fn, twin, inputs, grad_out, dtype, reduced=(), what="", 
     if derived:
         check_float32_bounds(results_t, results_e, twin, inputs, grad_out, float32_bounds, names, what)
     return results_t
+
+
+def half_neighbours(r):
+    """The representable values next below and above each element of the float16 or
+    bfloat16 tensor `r`, in float64 (from its bits: one unit in the last place)."""
+    bits = r.view(torch.int16).to(torch.int32)
+    magnitude, negative = bits & 0x7FFF, bits < 0
+    toward_zero = torch.where(magnitude == 0, bits, bits - 1)       # (no value below 0 in magnitude)
+    away = bits + 1
+    step = lambda b: b.to(torch.int16).view(r.dtype).double()      # noqa: E731
+    smallest = torch.tensor(1, dtype=torch.int16).view(r.dtype).double()
+    below = torch.where(negative, step(away), torch.where(magnitude == 0, -smallest, step(toward_zero)))
+    above = torch.where(negative, torch.where(magnitude == 0, smallest, step(toward_zero)), step(away))
+    return below, above
+
+
+def assert_rounded_once(out, exact, bound, what, least=0.9):
+    """A half-precision kernel result that computes in float32 and rounds once, at its
+    store, equals the exact value rounded to its dtype wherever that answer is known:
+    where the exact value (float64) +- `bound` (what float32 arithmetic can move it,
+    float64, absolute) stays between the two midpoints around its rounded value. At least
+    `least` of the elements must be so decided (else the inputs prove little). A loose
+    tolerance absorbs an extra rounding of an intermediate (a half-precision copy of a
+    float32 value); this does not: such a rounding moves the result by up to half a unit
+    of the intermediate, and turns a share of the decided elements to a neighbour."""
+    assert_finite(out, what)
+    exact, bound = exact.double(), bound.double().expand_as(exact)
+    rounded = exact.to(out.dtype)
+    below, above = half_neighbours(rounded)
+    r = rounded.double()
+    decided = (exact - bound > (r + below) / 2) & (exact + bound < (r + above) / 2)
+    share = float(decided.double().mean())
+    assert share >= least, f"{what}: only {share:.0%} of the elements have a known rounded answer"
+    wrong = decided & (out.double() != r)
+    if wrong.any():
+        worst = int(wrong.flatten().nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(wrong.sum())} of {int(decided.sum())} elements with a known answer are not the exact "
+            f"value rounded once to {out.dtype} (e.g. element {worst}: {out.flatten()[worst].item():.8g}, exact "
+            f"{exact.flatten()[worst].item():.8g}, rounded once {r.flatten()[worst].item():.8g}): "
+            f"an extra rounding inside the kernel?")

@@ -80,6 +80,7 @@ def test_event_summary_counts_kernels_launches_and_graphs():
     assert cpu["gpu_kernel_ms_per_step"] is None and cpu["launch_calls_per_step"] is None
 
 
+@pytest.mark.slow
 def test_profile_steps_writes_a_profile_and_a_trace(bench_train, tmp_path, capsys):
     path, traces = tmp_path / "train.json", tmp_path / "traces"
     code = bench_train.main(TINY + ["--variants", "eager", "--profile-steps", "2", "--json", str(path),
@@ -105,6 +106,7 @@ def test_unknown_variant_is_rejected(bench_train, capsys):
     assert "warp-drive" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failing_variant_does_not_stop_the_others(bench_train, tmp_path, monkeypatch, capsys):
     original = Trainer.warm_up
 
@@ -128,6 +130,7 @@ def test_a_failing_variant_does_not_stop_the_others(bench_train, tmp_path, monke
     assert len(rows) == 2 and ",eager,off," in rows[1]
 
 
+@pytest.mark.slow
 def test_a_failing_profile_keeps_the_timed_figures(bench_train, tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("no profiler today")

@@ -66,7 +66,8 @@ def tiny_setup():
     return config, train, test
 
 
-@pytest.mark.parametrize("name", ["eager", "compile", "compile+triton"])
+@pytest.mark.parametrize("name", ["eager", pytest.param("compile", marks=pytest.mark.slow),
+                                  pytest.param("compile+triton", marks=pytest.mark.slow)])
 def test_each_variant_launches_what_its_name_says(bench_train, dynamo_eager, monkeypatch, name):
     """The variant as bench/train.py builds it (its table entry, its Trainer): eager runs
     no compiled code and none of our kernels; compile runs compiled code and none of our
@@ -86,6 +87,7 @@ def test_each_variant_launches_what_its_name_says(bench_train, dynamo_eager, mon
     assert (launches["compiled_regions"] > 0) == name.startswith("compile")
 
 
+@pytest.mark.slow
 def test_a_variant_running_something_else_fails_loudly(bench_train, dynamo_eager, monkeypatch, tmp_path, capsys):
     """compile+triton silently running the eager twins (a slip in the variant table) fails
     before its timed runs, and says so in the JSON and on the screen."""
@@ -143,6 +145,7 @@ def from_json(payload: dict, name: str) -> dict:
     return {**own, **{column: s[column] for column in summary_columns}}
 
 
+@pytest.mark.slow
 def test_every_csv_column_says_what_the_json_says(bench_train, monkeypatch, tmp_path):
     """Two variants (the second an eager copy under another name: a compiled one costs
     minutes here), two runs each, so that speed-ups and spreads are not trivial."""

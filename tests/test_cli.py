@@ -10,11 +10,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, timeout=600):
+def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True)
 
 
+@pytest.mark.slow
 def test_synthetic_training_learns_and_writes_json(tmp_path):
     out = tmp_path / "out.json"
     result = run_cli("--data", "synthetic", "--device", "cpu", "--epochs", "2", "--runs", "2",
@@ -37,6 +38,7 @@ def test_synthetic_training_learns_and_writes_json(tmp_path):
     assert report["torch"] and "device" in report and "git_commit" in report and report["dtype"] == "float32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--kernels", "cuda"], "invalid choice: 'cuda' (choose from 'eager', 'triton')"),
     (["--dtype", "float64"], "invalid choice: 'float64'"),
@@ -47,22 +49,24 @@ def test_synthetic_training_learns_and_writes_json(tmp_path):
     (["--device", "meta"], "only cuda and cpu"),
 ])
 def test_bad_arguments_get_argparse_errors(args, message):
-    result = run_cli("--data", "synthetic", "--synthetic-size", "1000", *args, timeout=120)
+    result = run_cli("--data", "synthetic", "--synthetic-size", "1000", *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_overrides_are_reported_before_the_data_is_read(tmp_path):
-    result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu", "--ema-epochs", "20", timeout=120)
+    result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu", "--ema-epochs", "20")
     assert result.returncode == 2 and "ema_epochs (20) must be smaller than epochs (10)" in result.stderr
-    result = run_cli("--data", "synthetic", "--synthetic-size", "100", "--device", "cpu", timeout=120)
+    result = run_cli("--data", "synthetic", "--synthetic-size", "100", "--device", "cpu")
     assert result.returncode == 2 and "smaller than one" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_data_gets_a_clear_message(tmp_path):
-    result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu", timeout=120)
+    result = run_cli("--data", str(tmp_path / "missing"), "--device", "cpu")
     assert result.returncode == 2 and "--download" in result.stderr and "Traceback" not in result.stderr
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_images=np.zeros((4, 32, 32, 3), np.uint8))
-    result = run_cli("--data", str(bad), "--device", "cpu", timeout=120)
+    result = run_cli("--data", str(bad), "--device", "cpu")
     assert result.returncode == 2 and "lacks the array" in result.stderr and "Traceback" not in result.stderr

@@ -3,13 +3,14 @@ import importlib
 import runpy
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_console_script_runs_what_run_py_runs():
-    tomllib = pytest.importorskip("tomllib")              # Python 3.11+
+    try:
+        import tomllib                                     # Python 3.11+
+    except ModuleNotFoundError:
+        import tomli as tomllib                            # the [test] extra's, before 3.11
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert list(scripts) == ["cifar-speedrun"]
     module, function = scripts["cifar-speedrun"].split(":")
@@ -38,3 +39,33 @@ def test_messages_name_the_command_the_user_typed(tmp_path, capsys, monkeypatch)
     help_text = build_parser("cifar-speedrun").format_help()
     assert help_text.startswith("usage: cifar-speedrun ") and "`cifar-speedrun evaluate --checkpoint" in help_text
     assert "`python run.py evaluate --checkpoint" in build_parser().format_help()
+
+
+def test_the_test_extra_installs_every_package_the_tests_import():
+    """`pip install -e ".[test]"` is all the tests need: every package a test imports (or
+    asks for with importorskip) is a dependency or in the [test] extra, so none is skipped
+    or fails for want of it."""
+    import ast
+    import re
+    import sys
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {re.split(r"[<>=!~;\[ ]", requirement)[0].lower()
+                for requirement in project["dependencies"] + project["optional-dependencies"]["test"]}
+    ours = {"engine", "kernels", "bench"} | {path.stem for path in (ROOT / "tests").glob("*.py")}
+    distribution = {"PIL": "pillow"}                                   # import name -> package name
+    imported = set()
+    for path in (ROOT / "tests").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "importorskip":
+                imported.add(node.args[0].value.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in ours}
+    missing = sorted(name for name in third_party if distribution.get(name, name).lower() not in required)
+    assert not missing, f"the tests import {missing}: add them to [project.optional-dependencies] test"

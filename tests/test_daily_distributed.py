@@ -18,12 +18,12 @@ SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--device", "cpu", "-
          "--base-width", "8", "--batch-size", "128"]
 
 
-def torchrun(processes: int, *args, timeout=300):
+def torchrun(processes: int, *args):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(ROOT / "run.py"), *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 def test_world_from_torchrun_variables():
@@ -36,6 +36,7 @@ def test_world_from_torchrun_variables():
         world_from_env({"WORLD_SIZE": "two"})
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_runs_and_rank0_reports_once(tmp_path):
     out = tmp_path / "runs.json"
     result = torchrun(2, *SMALL, "--runs", "3", "--json", str(out), "--plot", str(tmp_path / "runs.png"))
@@ -52,6 +53,7 @@ def test_two_processes_share_the_runs_and_rank0_reports_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json", "runs.png"]   # progress files removed
 
 
+@pytest.mark.slow
 def test_one_process_is_plain_run_py(tmp_path):
     out = tmp_path / "runs.json"
     result = torchrun(1, *SMALL, "--json", str(out), "--seed", "5")
@@ -64,6 +66,7 @@ def test_one_process_is_plain_run_py(tmp_path):
     assert [row["train_loss"] for row in run["epochs"]] == [row["train_loss"] for row in expected.epochs]
 
 
+@pytest.mark.slow
 def test_a_torchrun_process_on_the_cpu_matches_one_process_with_its_thread_count(tmp_path):
     """torchrun sets OMP_NUM_THREADS=1 in each of its processes: plain run.py with the same
     setting trains the same seed to the same figures (README, Reproducibility)."""
@@ -73,7 +76,7 @@ def test_a_torchrun_process_on_the_cpu_matches_one_process_with_its_thread_count
     spread = json.loads(out.read_text())["runs"][0]                 # rank 0's run, seed 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     single = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--json",
-                             str(tmp_path / "one.json")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             str(tmp_path / "one.json")], cwd=ROOT, capture_output=True, text=True,
                             env={**env, "OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr[-3000:]
     alone = json.loads((tmp_path / "one.json").read_text())["runs"][0]

@@ -77,6 +77,7 @@ def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, caps
     assert report["summary"]["runs"] == 2 and report["summary"]["failed_runs"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error, words", [
     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
      ["ran out of memory", "--batch-size (now 128)", "--whiten-chunk (now 5000)"]),
@@ -118,6 +119,7 @@ def test_unknown_error_still_writes_the_finished_runs(tmp_path, monkeypatch):
     assert "ZeroDivisionError: a bug" in report["errors"][0]["error"]
 
 
+@pytest.mark.slow
 def test_interrupt_summarises_the_finished_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "run", fake_run(error=KeyboardInterrupt()))
     out = tmp_path / "runs.json"

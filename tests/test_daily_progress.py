@@ -73,6 +73,7 @@ def test_quiet_and_runs_modes():
     assert out.getvalue() == "[rank 1] run 2/3 (seed 7): final: EMA accuracy 65.00%\n"
 
 
+@pytest.mark.slow
 def test_trainer_reports_every_step_as_a_plain_int():
     config = Config(base_width=8, train_images=512, batch_size=128, epochs=2, ema_epochs=1)
     data = make_synthetic(512, seed=0)

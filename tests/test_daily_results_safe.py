@@ -115,6 +115,7 @@ def test_write_or_rescue_falls_back_to_the_current_directory_then_the_temporary_
     assert written is None and "No space left on device" in message and "nor could it be written" in message
 
 
+@pytest.mark.slow
 def test_a_failed_save_keeps_the_run_and_the_next_runs_go_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "run", instant_runs(before_run=lambda call, seed: call == 1 and (
         tmp_path / "model-seed0.pt").mkdir()))      # seed 0's checkpoint path turns into a directory
@@ -148,6 +149,7 @@ def test_a_json_that_cannot_be_written_anywhere_goes_to_stdout(tmp_path, monkeyp
     assert printed["complete"] is True and [r["seed"] for r in printed["runs"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_plot_that_cannot_be_written_is_rescued(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(Trainer, "run", instant_runs(before_run=lambda call, seed: (tmp_path / "p.png").mkdir()))
@@ -232,6 +234,7 @@ def test_a_second_ctrl_c_during_the_final_write_does_not_lose_the_json(tmp_path,
     assert signal.getsignal(signal.SIGINT) is handler_before                # the handler put back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)],
                          ids=["SIGTERM", "SIGHUP (a closed terminal or ssh session)"])
 def test_sigterm_and_sighup_are_summarised_like_ctrl_c(tmp_path, signum, status):
@@ -244,7 +247,7 @@ def test_sigterm_and_sighup_are_summarised_like_ctrl_c(tmp_path, signum, status)
             if line.startswith("final:"):
                 break
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate()
     finally:
         process.kill()
     assert process.returncode == status, stderr

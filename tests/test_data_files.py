@@ -174,15 +174,16 @@ def test_convert_keeps_the_users_file_permissions(tmp_path):
     assert (tmp_path / "out.npz").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_run_py_convert_writes_the_npz_and_reports_errors(tmp_path):
     source = tmp_path / "source.npz"
     np.savez(source, **tiny_arrays())
     command = [sys.executable, str(ROOT / "run.py"), "convert"]
     result = subprocess.run(command + [str(source), str(tmp_path / "out.npz")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and "20 train" in result.stdout
     assert load_cifar10(tmp_path / "out.npz").test_images.shape == (5, 32, 32, 3)
     result = subprocess.run(command + [str(tmp_path / "missing.npz"), str(tmp_path / "out2.npz")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr

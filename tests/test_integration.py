@@ -69,6 +69,7 @@ def test_triton_kernels_give_the_eager_logits_gradients_and_statistics():
         torch.testing.assert_close(eager(images), triton(images), **TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["eager", "triton"])
 def test_compiled_network_matches_eager(kind):
     torch._dynamo.reset()
@@ -87,6 +88,7 @@ def test_whitening_through_the_triton_covariance_equals_eager():
     torch.testing.assert_close(triton, eager, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_compiled_training_learns_without_recompiling():
     # Eager twins inside the compiled step: Inductor's CPU code is fast, while the
     # interpreter would take minutes here (the Triton ops inside a compiled graph are
@@ -106,6 +108,7 @@ def test_compiled_training_learns_without_recompiling():
     assert first.epochs[-1]["train_loss"] < first.epochs[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_runs_reuse_the_same_tensors_and_match_a_fresh_trainer():
     """Every run trains the same kept tensors (what compiled code and CUDA graphs need),
     reset to exactly what a trainer's first run would start from: the second run of seed
@@ -131,6 +134,7 @@ def test_runs_reuse_the_same_tensors_and_match_a_fresh_trainer():
         assert torch.equal(second.ema_model.state_dict()[name], value), name
 
 
+@pytest.mark.slow
 def test_the_training_loop_updates_the_ema_after_the_release_s_steps(monkeypatch):
     """The loop, not only the rule: the EMA acts after 0-based steps 5 and 7 of a 2-epoch,
     4-steps-per-epoch run with one EMA epoch (the last step included), and nowhere else."""

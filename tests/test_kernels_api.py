@@ -57,6 +57,7 @@ def _block(x, scale, shift, w1, b1, w2, b2, images, backend):
     return y, mean, cov
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     """The custom ops compile inside one graph, forward and backward (on a CPU the
     kernels then run in the interpreter), and agree with the eager twins."""

@@ -7,7 +7,8 @@ from kernel_checks import (DEVICE, DTYPES, poisoned_kernel_outputs, check_agains
                            make)
 
 SHAPES = [
-    (2, 32, 31, 31), (2, 128, 15, 15), (2, 256, 7, 7), (2, 512, 3, 3),   # the network's maps
+    *[pytest.param(shape, marks=pytest.mark.slow, id=str(shape)) for shape in [(2, 32, 31, 31), (2, 128, 15, 15), (2, 256, 7, 7)]], (2, 512, 3, 3),   # the network's maps
+    # (the larger maps: the full suite only, as pytest -m slow)
     (1, 3, 3, 3), (3, 40, 5, 7), (1, 130, 3, 3),                          # odd ones
 ]
 

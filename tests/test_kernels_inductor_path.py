@@ -27,6 +27,8 @@ import kernels
 from kernel_checks import (DEVICE, poisoned_kernel_outputs, check_against_eager,  # noqa: F401
                            make)
 
+pytestmark = pytest.mark.slow        # one probe process for the module: the full suite only
+
 PROBE = Path(__file__).with_name("inductor_probe.py")
 
 EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
@@ -51,7 +53,7 @@ NETWORK_LAUNCHES = (
 @pytest.fixture(scope="module")
 def probe():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(PROBE)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(PROBE)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"inductor_probe.py failed:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

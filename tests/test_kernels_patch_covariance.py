@@ -39,6 +39,7 @@ def _check(images, k, rtol=COV_RTOL, atol=MEAN_ATOL):
     assert torch.equal(cov, cov.T)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_patch_covariance_million_patches(dtype):
     images = _images(1100, dtype=dtype)                  # 1100 * 31 * 31 = 1,057,100 patches

@@ -29,6 +29,7 @@ GELU_WIDTHS = [2 * 3 * RECORD.whiten_kernel ** 2]                               
 HALF = (torch.float16, torch.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("width", AFFINE_GELU_WIDTHS)
@@ -42,6 +43,7 @@ def test_affine_gelu_at_the_recipes_widths(width, channels_last, dtype):
                         what=f"affine_gelu{shape}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("width", GELU_WIDTHS)

@@ -119,6 +119,7 @@ def test_a_rerun_stopped_with_fewer_runs_leaves_them_beside_the_earlier_result(t
     assert [r["seed"] for r in aside["runs"]] == [0] and aside["complete"] is False and aside["final"] is True
 
 
+@pytest.mark.slow
 def test_a_rerun_that_finishes_replaces_the_earlier_result(tmp_path, monkeypatch):
     out = tmp_path / "runs.json"
     earlier_result(out, runs=2)
@@ -129,6 +130,7 @@ def test_a_rerun_that_finishes_replaces_the_earlier_result(tmp_path, monkeypatch
     assert not (tmp_path / "runs.unfinished.json").exists()               # the progress file is gone
 
 
+@pytest.mark.slow
 def test_a_complete_result_with_fewer_runs_keeps_the_earlier_as_previous(tmp_path, monkeypatch):
     out = tmp_path / "runs.json"
     earlier = earlier_result(out, runs=3)
@@ -138,6 +140,38 @@ def test_a_complete_result_with_fewer_runs_keeps_the_earlier_as_previous(tmp_pat
     assert json.loads((tmp_path / "runs.previous.json").read_text()) == earlier
 
 
+# As many runs as the earlier result held is not less (README "Results on disk": the new result
+# replaces the earlier one when it is complete or holds at least as many runs): the new one is
+# at --json, nothing goes aside as unfinished or previous, and no message says the earlier held more.
+
+def test_a_complete_rerun_with_as_many_runs_replaces_the_earlier_result_without_a_copy(tmp_path, monkeypatch,
+                                                                                        capsys):
+    out = tmp_path / "runs.json"
+    earlier_result(out, runs=2)
+    monkeypatch.setattr(Trainer, "run", instant_runs())
+    assert cli.main([*SMALL, "--runs", "2", "--seed", "7", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] is True and [r["seed"] for r in report["runs"]] == [7, 8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json"]        # no previous, no unfinished
+    assert "more than this one" not in capsys.readouterr().err
+
+
+def test_a_rerun_cut_short_with_as_many_runs_as_the_earlier_result_replaces_it(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs.json"
+    earlier_result(out, runs=2)
+
+    def ctrl_c(call, seed):
+        if call == 3:                                  # after two of the three asked runs
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "run", instant_runs(before_run=ctrl_c))
+    assert cli.main([*SMALL, "--runs", "3", "--seed", "7", "--json", str(out)]) == 130
+    report = json.loads(out.read_text())
+    assert [r["seed"] for r in report["runs"]] == [7, 8] and report["complete"] is False and report["final"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json"]        # no previous, no unfinished
+    assert "kept the earlier result" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_a_file_stopped_by_sigterm_is_never_marked_complete(tmp_path, monkeypatch):
     def sigterm(call, seed):
         if call == 3:
@@ -151,13 +185,14 @@ def test_a_file_stopped_by_sigterm_is_never_marked_complete(tmp_path, monkeypatc
 
 # ---- two processes on the same outputs ----
 
+@pytest.mark.slow
 def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "runs.json"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from engine.outputs import OutputLocks\n"
+        "import sys; from engine.outputs import OutputLocks\n"
         "with OutputLocks() as locks:\n"
-        f"    locks.acquire('--json', {str(out)!r}); print('locked', flush=True); time.sleep(60)")],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        f"    locks.acquire('--json', {str(out)!r}); print('locked', flush=True); sys.stdin.read()")],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)     # holds the lock until killed
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputError, match=rf"--json {out}: another run \(process {holder.pid}\) is writing"):
@@ -171,13 +206,14 @@ def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path)
     assert not os.listdir(tmp_path)              # released: the lock file is gone
 
 
+@pytest.mark.slow
 def test_two_trainings_on_the_same_json_and_save_the_second_is_refused(tmp_path, monkeypatch, capsys):
     out, save = tmp_path / "runs.json", tmp_path / "model.pt"
     seen = []
 
     def second_process(call, seed):
         seen.append(subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--json", str(out),
-                                    "--save", str(save)], cwd=ROOT, capture_output=True, text=True, timeout=300))
+                                    "--save", str(save)], cwd=ROOT, capture_output=True, text=True))
     monkeypatch.setattr(Trainer, "run", instant_runs(before_run=second_process))
     assert cli.main([*SMALL, "--json", str(out), "--save", str(save)]) == 0
     assert seen[0].returncode == 2, seen[0].stderr
@@ -209,6 +245,7 @@ def test_two_rescues_of_the_same_name_get_two_files(tmp_path, monkeypatch):
 
 # ---- signals and leftovers ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
     """The child sends itself the signal in the middle of writing OUT (np.savez wrapped)."""
@@ -223,7 +260,7 @@ def test_a_signal_during_convert_leaves_no_temporary_file(tmp_path, signum):
             f"sys.exit(cli.main(['convert', 'synthetic-src.npz', {str(tmp_path / 'out.npz')!r}]))\n")
     np.savez(tmp_path / "synthetic-src.npz", train_images=np.zeros((10, 32, 32, 3), np.uint8),
              train_labels=np.arange(10), test_images=np.zeros((10, 32, 32, 3), np.uint8), test_labels=np.arange(10))
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 128 + signum, done.stderr
     assert "Traceback" not in done.stderr and "nothing was written" in done.stderr
@@ -257,6 +294,7 @@ def test_an_image_replaced_with_the_same_size_and_time_is_decoded_again(tmp_path
     assert np.array_equal(again.train_images[first.train_labels == 3][0], pixels)
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_image_cache_write_leaves_no_temporary_file(tmp_path):
     from test_image_folder import make_folder
 
@@ -271,7 +309,7 @@ def test_sigterm_during_the_image_cache_write_leaves_no_temporary_file(tmp_path)
             "np.savez = savez\n"
             "from engine import cli\n"
             f"sys.exit(cli.main(['convert', {str(root)!r}, {str(tmp_path / 'out.npz')!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert done.returncode == 143, done.stderr
     left = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path) for name in names
@@ -365,17 +403,21 @@ def lonely_rank(rank: int, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_rank0_whose_peer_never_joins_says_who_is_missing_within_the_timeout():
     started = time.monotonic()
     done = lonely_rank(0, "--join-timeout", "3")
-    assert done.returncode == 1 and time.monotonic() - started < 60, done.stderr
+    # It waited its 3 s, not the default 300 s, the message says; no upper bound on the clock (a busy
+    # machine may take long to start the process).
+    assert done.returncode == 1 and time.monotonic() - started >= 3, done.stderr
     assert "rank 0: rank(s) 1 of 2 did not join within 3 s" in done.stderr and "--join-timeout" in done.stderr
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_reach_rank0_says_so_within_the_timeout():
     done = lonely_rank(1, "--join-timeout", "3")
     assert done.returncode == 1, done.stderr
@@ -515,9 +557,10 @@ def test_evaluate_with_a_loader_of_another_dtype_says_so():
 
 # ---- resources and the environment ----
 
+@pytest.mark.slow
 def test_an_mplbackend_naming_nothing_real_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--plot", str(tmp_path / "p.png")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "nothing"})
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "matplotlib cannot start with MPLBACKEND='nothing'" in done.stderr and "set it to agg" in done.stderr
@@ -549,6 +592,7 @@ def test_a_huge_base_width_is_refused_before_anything_is_allocated(monkeypatch, 
 
 # ---- what reports say ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["seed", "seed-long"])
 def test_a_run_without_ema_is_not_reported_as_ema_accuracy(monkeypatch, capsys, recipe):
     monkeypatch.setattr(Trainer, "run", instant_runs())
@@ -606,6 +650,7 @@ def test_a_checkpoint_that_is_a_device_or_fifo_is_refused_without_reading(tmp_pa
     assert code == 2 and f"{path} is not a regular file" in err and "no such checkpoint" not in err
 
 
+@pytest.mark.slow
 def test_quiet_runs_still_name_every_checkpoint_they_saved(tmp_path, capsys):
     out = tmp_path / "ck.pt"
     code = cli.main(["--data", "synthetic", "--synthetic-size", "256", "--device", "cpu", "--epochs", "2",

@@ -37,7 +37,7 @@ def test_the_menus_are_the_engines():
 def test_help_answers_without_importing_torch(argv):
     check = ("import sys; from engine.command import main; code = main(%r); "
              "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)" % argv)
-    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: run.py" + (f" {argv[0]}" if argv[0].isalpha() else ""))
 
@@ -45,7 +45,7 @@ def test_help_answers_without_importing_torch(argv):
 def test_help_after_a_bad_value_is_argparses_error_still_without_torch():
     check = ("import sys; from engine.command import main; code = main(['--epochs', 'x', '--help']); "
              "assert 'torch' not in sys.modules; sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "--epochs: invalid positive_number value: 'x'" in proc.stderr
 
 

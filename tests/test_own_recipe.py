@@ -95,6 +95,7 @@ def test_names_files_and_modules(tmp_path, monkeypatch):
             find_recipe(spec)
 
 
+@pytest.mark.slow
 def test_the_example_recipe_trains_saves_and_evaluates_from_the_command_line(tmp_path, capsys):
     recipe = tmp_path / "seed_dropout.py"
     shutil.copy(EXAMPLE, recipe)

@@ -204,6 +204,7 @@ def test_six_views_against_a_slow_reference():
     assert config.evaluation_views(final=False)(forward, images).equal(forward(images))   # plain per epoch
 
 
+@pytest.mark.slow
 def test_the_whitening_bias_trains_for_its_steps_only():
     """Its rate is 0 from whiten_bias_steps on: after the first epoch (4 steps here) the bias
     no longer moves, while everything else keeps training."""
@@ -261,6 +262,7 @@ def test_triton_operations_give_the_eager_logits_and_gradients():
         torch.testing.assert_close(triton.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_compiled_step_and_update_match_eager_and_runs_never_recompile():
     """Compiled, the forward + loss + backward gives the eager logits and gradients (1e-2), and the
     update of every group (Muon included) the eager update (stated tolerance: 5e-2 relative to

@@ -90,6 +90,7 @@ def test_groups_schedules_and_muon_settings():
     assert not any(p is model.whiten.weight for g in groups.values() for p in g.params)   # frozen
 
 
+@pytest.mark.slow
 def test_the_last_epoch_is_cut_at_the_recipes_step_count():
     config = tiny()
     train, test = loaders(config, seed=1)
@@ -185,6 +186,7 @@ def test_muon_rescales_on_every_fourth_step_only():
     assert len(filters) == 6
 
 
+@pytest.mark.slow
 def test_compiled_runs_never_recompile_across_the_bias_cut_off_epochs_and_runs():
     """--compile: forward + loss + backward and both updates compiled; the whitening-bias
     cut-off (step 2 here), the rescaling steps, the cut last epoch and a second run reuse
@@ -202,6 +204,7 @@ def test_compiled_runs_never_recompile_across_the_bias_cut_off_epochs_and_runs()
     assert first.epochs[-1]["train_loss"] == pytest.approx(alone.epochs[-1]["train_loss"], rel=2e-2)
 
 
+@pytest.mark.slow
 def test_the_whitening_bias_stops_at_its_step():
     config = tiny()
     train, test = loaders(config, seed=7)

@@ -58,11 +58,16 @@ def changed_value(name, value):
     return 0.5 * value if value else 0.1
 
 
+# The fields checked by the quick subset (pytest -m "not slow"); the full suite checks them all.
+QUICK_FIELDS = {"lr", "muon_lr", "label_smoothing", "brightness"}
+
+
 def cases():
     for cls, name in RECIPE_CLASSES.items():
         for field in dataclasses.fields(cls):
             if field.name not in NOT_ARITHMETIC and field.name not in OWN_TEST:
-                yield pytest.param(cls, field.name, id=f"{name}-{field.name}")
+                yield pytest.param(cls, field.name, id=f"{name}-{field.name}",
+                                   marks=() if field.name in QUICK_FIELDS else pytest.mark.slow)
 
 
 def fingerprint(config):

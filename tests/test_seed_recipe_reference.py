@@ -198,6 +198,7 @@ def assert_states_close(engine_model, reference_model):
             assert torch.equal(engine_state[key], value), key
 
 
+@pytest.mark.slow
 def test_the_seed_recipe_computes_what_the_recipe_says(float64_allowed):
     result, (model, ema_model, rows, ema_accuracy) = engine_and_reference(CONFIG)
     assert len(result.epochs) == len(rows) == CONFIG.epochs

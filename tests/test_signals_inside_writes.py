@@ -68,6 +68,7 @@ def test_a_signal_inside_the_checkpoint_write_keeps_a_whole_checkpoint(tmp_path,
     assert "SIGINT: writing the results first" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", ["format_summary", "write_json"])
 def test_a_signal_inside_the_final_report_waits_for_the_json(tmp_path, monkeypatch, capfd, write):
     """All runs done: a signal while the summary is printed or the final JSON written

@@ -3,6 +3,7 @@ their errors, compiled graphs reused across a learning-rate sweep, and the comma
 end on tiny synthetic data (every point's runs in the JSON, the comparison with the first
 point, Ctrl-C keeping the finished points, both recipes in one command)."""
 import json
+import re
 
 import pytest
 import torch
@@ -41,6 +42,18 @@ def test_the_grid_is_every_combination_recipes_outermost():
     (["--set", "mean=0.5"], "--set mean: a tuple setting cannot be set on the command line"),
     (["--recipe", "seed,airbench94-muon", "--set", "lr=0.1"], "recipe airbench94-muon has no setting lr"),
     (["--set", "lr=0.002,-1"], "lr"),
+    (["--set", "lable_smoothing=0.1"], "--set lable_smoothing: recipe seed has no setting lable_smoothing "
+                                       "(did you mean label_smoothing?); its settings: "),
+    (["--recipe", "hiverge", "--set", "muon_rl=0.1"], "has no setting muon_rl (did you mean muon_lr?)"),
+    (["--recipe", "hiverge", "--set", "lr=0.1"], "has no setting lr (did you mean muon_lr or head_lr or bias_lr?)"),
+    (["--recipe", "hiverge", "--lr", "0.1"], "--lr does not apply to --recipe hiverge; drop it, and use --set "
+                                             "muon_lr=V instead of --lr (its learning rates, one per group: "
+                                             "muon_lr 0.205, head_lr 0.5415, bias_lr 0.0573)"),
+    (["--recipe", "seed,hiverge", "--weight-decay", "0.1", "--momentum", "0.8"],
+     "--weight-decay, --momentum do not apply to --recipe hiverge; drop them, and use --set "
+     "weight_decay_per_image=V instead of --weight-decay (its weight decay, per training image: "
+     "weight_decay_per_image 1.042e-06); --set muon_momentum=V instead of --momentum (its momenta, "
+     "Muon's and SGD's: muon_momentum 0.655, sgd_momentum 0.825)"),
 ])
 def test_bad_settings_are_refused_before_the_data(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -115,6 +128,7 @@ def test_one_value_of_set_is_a_plain_override():
     assert (config.lr, config.label_smoothing, config.epochs, config.ema_epochs) == (0.003, 0.1, 3, 2)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, capsys):
     real_run, calls = engine.training.train.Trainer.run, []
 
@@ -134,6 +148,7 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_points(tmp_path, monkeypatch, caps
     assert "point 2  lr=0.002  0 run(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_both_recipes_in_one_command(tmp_path, capsys):
     out, save = tmp_path / "both.json", tmp_path / "m.pt"
     main([*TINY, "--recipe", "seed,airbench94-muon", "--json", str(out), "--save", str(save)])
@@ -145,3 +160,42 @@ def test_both_recipes_in_one_command(tmp_path, capsys):
     assert report["points"][1]["config"]["muon_lr"] == make_config("airbench94-muon").muon_lr
     assert read_checkpoint(tmp_path / "m-point2-seed0.pt")["recipe"] == "airbench94-muon"
     assert "point 2  airbench94-muon" in capsys.readouterr().out
+
+
+# Each point's made-up result, by its learning rate: every difference between two points is its own
+# number, so a comparison with any point but the first gives a difference the test does not expect.
+POINT_RESULTS = {0.001: (0.50, 1.0), 0.002: (0.60, 2.0), 0.003: (0.80, 4.0), 0.004: (0.55, 8.0)}
+
+
+def results_by_learning_rate(self, train, test, seed, on_epoch=None, **kwargs):
+    """A stand-in for Trainer.run: an instant result set by the point's learning rate (and a
+    little by the seed, so that each point has a spread)."""
+    from engine.training.train import RunResult
+    accuracy, seconds = POINT_RESULTS[self.config.lr]
+    accuracy += seed / 1000
+    row = {"epoch": 1, "train_loss": 1.0, "train_accuracy": accuracy, "val_accuracy": accuracy,
+           "ema_val_accuracy": accuracy, "seconds": seconds}
+    on_epoch(row)
+    return RunResult(seed=seed, accuracy=accuracy, ema_accuracy=accuracy, train_seconds=seconds + seed / 100,
+                     total_seconds=seconds + 1, epochs=[row])
+
+
+def test_every_point_of_a_longer_sweep_is_compared_with_the_first(tmp_path, monkeypatch, capsys):
+    """Four points: the JSON's comparisons and each "vs point 1" line hold that point's runs
+    against point 1's, never against the previous point or another one."""
+    monkeypatch.setattr(engine.training.train.Trainer, "run", results_by_learning_rate)
+    out = tmp_path / "sweep.json"
+    main([*TINY, "--set", "lr=0.001,0.002,0.003,0.004", "--runs", "2", "--json", str(out)])
+    report = read_json(out)
+    first_accuracy, first_seconds = POINT_RESULTS[0.001]
+    expected = [(POINT_RESULTS[lr][0] - first_accuracy, POINT_RESULTS[lr][1] - first_seconds)
+                for lr in (0.002, 0.003, 0.004)]
+    assert [(c["point"], c["baseline"]) for c in report["comparisons"]] == [(1, 0), (2, 0), (3, 0)]
+    for comparison, (accuracy, seconds) in zip(report["comparisons"], expected):
+        assert comparison["ema_accuracy"]["difference"] == pytest.approx(accuracy)
+        assert comparison["train_seconds"]["difference"] == pytest.approx(seconds)
+        assert comparison["total_seconds"]["difference"] == pytest.approx(seconds)
+    shown = re.findall(r"vs point 1: result ([+-]\d+\.\d+)\S* .*; training ([+-]\d+\.\d+) s",
+                       capsys.readouterr().out)
+    assert [(float(a), float(s)) for a, s in shown] == [(pytest.approx(100 * a), pytest.approx(s))
+                                                        for a, s in expected]

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 
 from engine.results.compare import format_difference, point_label, welch
+from engine.options import did_you_mean
 from engine.results.report import summarize
 from engine.results.session import Session, reported_as
 
@@ -71,7 +72,9 @@ def parse_settings(texts: list[str], recipes: list) -> list[tuple[str, list]]:
             kind = field_type(recipe.config_class, name)
             if kind is None:
                 fields = ", ".join(sorted(recipe.config_class.field_names() - {"train_images"}))
-                raise ValueError(f"--set {name}: recipe {recipe.name} has no setting {name}; its settings: {fields}")
+                raise ValueError(f"--set {name}: recipe {recipe.name} has no setting {name}"
+                                 f"{did_you_mean(name, recipe.config_class.field_names() - {'train_images'})}; "
+                                 f"its settings: {fields}")
             if kind not in PARSERS:
                 raise ValueError(f"--set {name}: a {kind} setting cannot be set on the command line; "
                                  f"change it in a recipe file of your own (docs/own-recipe.md)")
