@@ -26,13 +26,13 @@ def other_process(*paths: Path):
     yields its pid."""
     locks = [lock_path(path) for path in paths]
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, time\n"
+        "import fcntl, os, sys\n"
         f"for lock in {locks!r}:\n"
         "    handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)\n"
         "    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
         "    os.write(handle, f'process {os.getpid()}\\n'.encode())\n"
-        "print('locked', flush=True); time.sleep(120)")],
-        stdout=subprocess.PIPE, text=True)
+        "print('locked', flush=True); sys.stdin.read()")],     # holds the locks until killed
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         yield holder.pid
@@ -44,6 +44,7 @@ def other_process(*paths: Path):
                 os.remove(lock)
 
 
+@pytest.mark.slow
 def test_a_second_process_whose_json_is_the_first_ones_progress_file_is_refused(tmp_path, monkeypatch):
     out, progress = tmp_path / "runs.json", tmp_path / "runs.unfinished.json"
     earlier = earlier_result(out, runs=3)          # so the first process's progress goes to runs.unfinished.json
@@ -52,7 +53,7 @@ def test_a_second_process_whose_json_is_the_first_ones_progress_file_is_refused(
     def start_the_second(call, seed):
         if call == 2:                              # the first run is in the progress file by now
             second.append(subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "--json", str(progress)],
-                                         cwd=ROOT, capture_output=True, text=True, timeout=600))
+                                         cwd=ROOT, capture_output=True, text=True))
             assert json.loads(progress.read_text())["runs"][0]["seed"] == 0
     monkeypatch.setattr(Trainer, "run", instant_runs(before_run=start_the_second))
     assert cli.main([*SMALL, "--runs", "2", "--json", str(out), "--quiet"]) == 0

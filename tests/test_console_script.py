@@ -55,7 +55,8 @@ def test_the_test_extra_installs_every_package_the_tests_import():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     required = {re.split(r"[<>=!~;\[ ]", requirement)[0].lower()
                 for requirement in project["dependencies"] + project["optional-dependencies"]["test"]}
-    ours = {"engine", "kernels", "bench"} | {path.stem for path in (ROOT / "tests").glob("*.py")}
+    ours = ({"engine", "kernels", "bench"} | {path.stem for path in (ROOT / "tests").glob("*.py")}
+            | {path.stem for path in (ROOT / "bench").glob("*.py")})         # bench scripts, imported from bench/
     distribution = {"PIL": "pillow"}                                   # import name -> package name
     imported = set()
     for path in (ROOT / "tests").glob("*.py"):

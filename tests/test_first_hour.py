@@ -4,7 +4,6 @@ argument mistakes are told before torch loads."""
 import io
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,16 @@ from engine.training import data as data_module
 from engine.training.data import DataError, load_cifar10
 from engine.training.train import RunResult, Trainer
 
+from waiting import poll_until
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data", "synthetic", "--synthetic-size", "512", "--epochs", "2", "--base-width", "8",
          "--batch-size", "128", "--final-eval-only"]
 
 
-def wait_for(condition, what: str, limit: float = 300.0):
-    """Wait until condition() holds; the limit only stops a test that is broken, never a slow one."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"never saw {what}")
-        time.sleep(0.01)
+def wait_for(condition, what: str):
+    """Wait until condition() holds (`what` it waits for), however long a busy machine takes."""
+    poll_until(condition)
 
 
 class Terminal(io.StringIO):

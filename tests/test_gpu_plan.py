@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow          # Inductor compiles: whole-suite only, not the quick subset
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "bench", "gpu_plan.py")
 TINY = ["--set", "base_width=8", "--set", "batch_size=16", "--set", "train_images=64"]

@@ -9,6 +9,8 @@ from engine.training.ops import make_ops
 from engine.training.optim import Group
 from engine.training.train import Trainer
 
+pytestmark = pytest.mark.slow          # Inductor compiles: whole-suite only, not the quick subset
+
 EAGER = make_ops("eager")
 
 

@@ -8,8 +8,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def calls(path: Path):
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call):
+    """Every call in `path`, but those inside waiting.poll_until (the one sanctioned poll)."""
+    tree = ast.parse(path.read_text())
+    allowed = {id(node) for function in ast.walk(tree)
+               if isinstance(function, ast.FunctionDef) and path.name == "waiting.py" and function.name == "poll_until"
+               for node in ast.walk(function)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and id(node) not in allowed:
             yield node
 
 

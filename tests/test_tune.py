@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import poll_until
 import torch
 
 from engine.command import main
@@ -115,6 +115,7 @@ def test_a_study_made_with_other_runs_per_trial_is_refused(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- a whole study
+@pytest.mark.slow
 def test_a_study_continues_writes_its_recipe_and_is_confirmed_on_fresh_seeds(tmp_path, capsys):
     optuna = optuna_or_skip()
     assert tune(tmp_path, "--trials", "2", "--runs", "0") == 0          # a worker that only runs trials
@@ -153,6 +154,7 @@ def test_a_study_continues_writes_its_recipe_and_is_confirmed_on_fresh_seeds(tmp
     assert "summary over 1 run(s)" in capsys.readouterr().out                # learned nothing on tiny data)
 
 
+@pytest.mark.slow
 def test_two_objectives_give_a_pareto_front(tmp_path):
     optuna_or_skip()
     assert tune(tmp_path, "--objective", "result+seconds", "--sampler", "random", "--trials", "3",
@@ -168,7 +170,17 @@ def test_two_objectives_give_a_pareto_front(tmp_path):
     assert (tmp_path / "study.pareto.png").read_bytes()[:4] == PNG
 
 
+def trials_in(optuna, storage: str, state: str) -> list:
+    """The study's trials in `state` (none while the study is not created yet)."""
+    try:
+        return optuna.load_study(study_name="study", storage=storage).get_trials(
+            states=(getattr(optuna.trial.TrialState, state),))
+    except Exception:             # not created yet
+        return []
+
+
 # --------------------------------------------------------------------------- two workers
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_store(tmp_path):
     """Worker A takes a trial and is stopped (SIGSTOP) while it runs; worker B (as torchrun's
     rank 1 would be) runs the others on the same store; A resumes and finishes its own. Every
@@ -181,24 +193,18 @@ def test_two_worker_processes_share_one_sqlite_store(tmp_path):
                          stderr=subprocess.STDOUT)
     stopped = False
     try:
-        while a.poll() is None and not stopped:
-            try:
-                running = optuna.load_study(study_name="study", storage=storage).get_trials(
-                    states=(optuna.trial.TrialState.RUNNING,))
-            except Exception:             # not created yet
-                running = []
-            if running:
-                a.send_signal(signal.SIGSTOP)
-                stopped = True
-            time.sleep(0.05)
+        poll_until(lambda: a.poll() is not None or bool(trials_in(optuna, storage, "RUNNING")), 0.05)
+        if a.poll() is None:
+            a.send_signal(signal.SIGSTOP)
+            stopped = True
         torchrun_rank_1 = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}   # B: a rank above 0
         b = subprocess.Popen([*command, "--trials", "3"], env=torchrun_rank_1, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
-        out_b = b.communicate(timeout=900)[0].decode()
+        out_b = b.communicate()[0].decode()
     finally:
         if stopped:
             a.send_signal(signal.SIGCONT)
-    out_a = a.communicate(timeout=900)[0].decode()
+    out_a = a.communicate()[0].decode()
     assert a.returncode == 0, out_a
     assert b.returncode == 0, out_b
     trials = optuna.load_study(study_name="study", storage=storage).trials
@@ -211,6 +217,7 @@ def test_two_worker_processes_share_one_sqlite_store(tmp_path):
         assert trials[0].datetime_complete > max(t.datetime_complete for t in trials[1:])
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_every_finished_trial_and_the_same_command_continues(tmp_path):
     optuna = optuna_or_skip()
     from engine.results.tune import counted
@@ -220,16 +227,9 @@ def test_ctrl_c_keeps_every_finished_trial_and_the_same_command_continues(tmp_pa
     worker = subprocess.Popen([*command, "--trials", "50"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
-        finished = []
-        while not finished and worker.poll() is None:
-            time.sleep(0.2)
-            try:
-                finished = optuna.load_study(study_name="study", storage=storage).get_trials(
-                    states=(optuna.trial.TrialState.COMPLETE,))
-            except Exception:             # not created yet
-                pass
+        poll_until(lambda: worker.poll() is not None or bool(trials_in(optuna, storage, "COMPLETE")), 0.2)
         worker.send_signal(signal.SIGINT)
-        out, err = worker.communicate(timeout=900)
+        out, err = worker.communicate()
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -317,6 +317,7 @@ def test_no_trial_is_pruned_before_the_last_epoch_of_its_first_run(name):
 
 
 # --------------------------------------------------------------------------- without Optuna
+@pytest.mark.slow
 def test_without_optuna_tune_says_how_to_install_it_and_the_rest_is_unchanged(tmp_path):
     script = f"""
 import importlib.abc, json, sys
@@ -336,8 +337,7 @@ for key, argv in {{"help": ["tune", "--help"],
         codes[key] = exit.code
 print(json.dumps(codes))
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True)
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert codes["help"] == 0 and codes["tune"] == 2, proc.stderr
     assert codes["train"] in (0, 1) and "summary over 1 run(s)" in proc.stdout, proc.stderr   # 1: learned nothing
@@ -356,6 +356,7 @@ def test_training_flops_are_counted_on_the_meta_device():
     assert train_flops(twice) == pytest.approx(2 * train_flops(config), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_sweep_plot_draws_each_point_against_its_training_pflop(tmp_path):
     plot = tmp_path / "sweep.png"
     argv = [*TINY, "--set", "epochs=1,2", "--runs", "1", "--plot", str(plot), "--json", str(tmp_path / "s.json")]
