@@ -91,7 +91,8 @@ def test_evaluate_reproduces_the_recorded_accuracy(cli_run):
     out, _ = cli_run
     payload = read_checkpoint(str(out / "model.pt"))
     assert payload["config"]["base_width"] == 8 and payload["seed"] == 3 and payload["dtype"] == "float32"
-    assert payload["data"] == {"data": "synthetic", "synthetic_size": SIZE, "seed": 3}
+    assert payload["data"] == {"data": "synthetic", "synthetic_size": SIZE, "seed": 3,
+                               "train_subset": None, "test_subset": None}
     assert "synthetic" in payload["data_source"] and payload["kernels"] == "eager"
     assert not list(out.glob(".tmp-*"))          # the atomic write left nothing behind
     result = run_cli("evaluate", "--checkpoint", str(out / "model.pt"), "--device", "cpu")

@@ -227,7 +227,8 @@ def test_ctrl_c_keeps_every_finished_trial_and_the_same_command_continues(tmp_pa
     worker = subprocess.Popen([*command, "--trials", "50"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
-        poll_until(lambda: worker.poll() is not None or bool(trials_in(optuna, storage, "COMPLETE")), 0.2)
+        poll_until(lambda: worker.poll() is not None or (bool(trials_in(optuna, storage, "COMPLETE"))   # one kept,
+                                                         and bool(trials_in(optuna, storage, "RUNNING"))), 0.05)  # one cut
         worker.send_signal(signal.SIGINT)
         out, err = worker.communicate()
     finally:
@@ -237,7 +238,8 @@ def test_ctrl_c_keeps_every_finished_trial_and_the_same_command_continues(tmp_pa
     study = optuna.load_study(study_name="study", storage=storage)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     cut = [t for t in study.trials if t.state.name != "COMPLETE"]
-    assert complete and all(t.state.name == "FAIL" and t.user_attrs.get("interrupted") for t in cut)
+    assert complete and all(t.state.name == "FAIL" and t.user_attrs.get("interrupted") for t in cut), \
+        [(t.number, t.state.name, t.user_attrs) for t in cut]
     assert f"the study keeps its {len(complete)} finished trial(s)" in err and "Traceback" not in err
     assert counted(optuna, study) == len(complete)                    # the cut trial does not count
     assert main(["tune", *TINY, *SPACE, "--runs", "0", "--json", str(tmp_path / "study.json"),

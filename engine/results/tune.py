@@ -286,6 +286,17 @@ class Trials:
         self.two_objectives, self.pruning, self.every_epoch = two_objectives, pruning, every_epoch
         self.quiet, self.worker, self.rank = quiet, worker, rank
         self.done = 0                 # trials this worker ended
+        self.current = None           # the trial this worker began last
+
+    def end_cut_trial(self):
+        """After a Ctrl-C: the trial this worker began, if Optuna left it running (the signal came
+        between its steps, outside the runs), is failed and marked interrupted, so it never counts."""
+        State = self.optuna.trial.TrialState
+        trial = self.current
+        if trial is not None and any(t.number == trial.number
+                                     for t in self.study.get_trials(deepcopy=False, states=(State.RUNNING,))):
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=State.FAIL)
 
     def say(self, line: str):
         if not self.quiet:
@@ -298,6 +309,7 @@ class Trials:
             self.done += 1
 
     def objective(self, trial):
+        self.current = trial
         try:
             return self.trial(trial)
         except KeyboardInterrupt:
@@ -631,6 +643,7 @@ def tune(parser, args, confirm_default: int) -> int:
             import signal
             from engine.results.session import EXIT_STATUS
             signum = getattr(stop, "signum", signal.SIGINT)
+            trials.end_cut_trial()
             kept = sum(t.state.is_finished() and "interrupted" not in t.user_attrs
                        for t in study.get_trials(deepcopy=False))
             print(f"\n{parser.prog}: interrupted ({signal.Signals(signum).name}): the study keeps its {kept} "
