@@ -226,7 +226,8 @@ def test_ctrl_c_keeps_every_finished_trial_and_the_same_command_continues(tmp_pa
                "--json", str(tmp_path / "study.json")]
     storage = f"sqlite:///{tmp_path / 'study.optuna.db'}"
     worker = subprocess.Popen([*command, "--trials", "50"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True,      # Ctrl-C as in a terminal, even where the suite's process ignores it
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in worker.stdout:                 # trial 1 finished and trial 2 began: cut trial 2
             if line.startswith("trial 2 of "):
