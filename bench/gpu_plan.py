@@ -626,7 +626,7 @@ def predict(step: dict, outside_ops: float) -> dict:
     return predicted
 
 
-def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside, top=12) -> dict:
+def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside) -> dict:
     """Per-graph, per-step and per-run figures of one plan (see the module's docstring). The
     per-step figures are those of the run's last phase (every step, for most recipes)."""
     if not recorder.graphs:
@@ -678,7 +678,7 @@ def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside, t
         "graphs": graph_plans,
         "outside": {"per_step": last["outside"], "per_epoch_loader": epoch_outside,
                     "ops_per_step": last["outside_ops"]},
-        "predicted": predicted, "heaviest": last["heaviest"][:top],
+        "predicted": predicted, "heaviest": last["heaviest"],
         "phases": [{k: v for k, v in p.items() if k != "heaviest"} for p in per_phase],
         "code": [graph["code"] for graph in recorder.graphs],
     }

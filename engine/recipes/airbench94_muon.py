@@ -26,7 +26,7 @@ from engine.checks import (require_finite_non_negative, require_finite_positive,
 from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.training.data import Augmentation
 from engine.training.evaluation import flip_averaged_logits, plain_logits
-from engine.training.layers import BatchNorm, on_device, stage_outputs
+from engine.training.layers import BatchNorm, MaxPool2x2, on_device, stage_outputs
 from engine.training.ops import Ops
 from engine.training.optim import Group
 from engine.training.whitening import patch_count, streamed_patch_statistics, uncentered_second_moment, whitening_filters
@@ -199,7 +199,7 @@ class ConvGroup(nn.Module):
         super().__init__()
         self.norm_activation = getattr(ops, config.group_activation)
         self.conv1 = Conv(channels_in, channels_out)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = MaxPool2x2()
         self.norm1 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)
         self.conv2 = Conv(channels_out, channels_out)
         self.norm2 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)

@@ -26,7 +26,7 @@ from engine.checks import (require_finite_non_negative, require_finite_positive,
 from engine.training.config import IMAGE_SIZE, NUM_CLASSES, RecipeConfig
 from engine.training.data import Augmentation
 from engine.training.evaluation import flip_averaged_logits, plain_logits
-from engine.training.layers import BatchNorm, on_device, stage_outputs
+from engine.training.layers import BatchNorm, MaxPool2x2, on_device, stage_outputs
 from engine.training.ops import Ops
 from engine.training.optim import Group
 from engine.training.whitening import whitening_weight
@@ -228,7 +228,7 @@ class ConvGroup(nn.Module):
         super().__init__()
         self.ops, self.full = ops, full
         self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding="same", bias=False)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = MaxPool2x2()
         self.norm1 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)
         if full:
             self.squeeze_excite = SqueezeExcite(channels_out, config, ops)

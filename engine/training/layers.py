@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -11,6 +12,51 @@ class BatchNorm(nn.BatchNorm2d):
     def __init__(self, channels: int, eps: float, momentum: float):
         super().__init__(channels, eps=eps, momentum=momentum)
         self.weight.requires_grad_(False)
+
+
+class MaxPool2x2(nn.Module):
+    """2x2 max-pool, stride 2, odd edges dropped: nn.MaxPool2d(2)'s values and gradients.
+
+    Eager PyTorch runs nn.MaxPool2d's own kernels. Under torch.compile the pool is written
+    so that Inductor plans one pass each way: the forward keeps, per output, which of
+    its four inputs won (int8, the first of equal maxima, as max_pool2d does), and the
+    backward writes every input's gradient from that alone: the winner gets the output's
+    gradient, the others (and a dropped odd edge) get 0. Inductor's own lowering of
+    max_pool2d's backward zero-fills a float32 copy of the input, scatters into it and
+    converts it back (three passes over the largest tensor in the network).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return _MaxPool2x2.apply(x)
+        return F.max_pool2d(x, 2)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        n, c, h, w = x.shape
+        corner = [x[:, :, p:h // 2 * 2:2, q:w // 2 * 2:2] for p in (0, 1) for q in (0, 1)]   # row by row
+        values = torch.maximum(torch.maximum(corner[0], corner[1]), torch.maximum(corner[2], corner[3]))
+        winner = torch.where(corner[0] == values, 0, torch.where(corner[1] == values, 1,
+                                                                 torch.where(corner[2] == values, 2, 3)))
+        ctx.save_for_backward(winner.to(torch.int8))
+        ctx.shape, ctx.channels_last = x.shape, x.is_contiguous(memory_format=torch.channels_last)
+        return _like_input(values, ctx.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (winner,) = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        position = torch.arange(4, device=grad.device, dtype=torch.int8).view(2, 1, 2)
+        won = winner[:, :, :, None, :, None] == position                  # (N, C, H/2, 2, W/2, 2)
+        grad_in = torch.where(won, grad[:, :, :, None, :, None], torch.zeros((), dtype=grad.dtype, device=grad.device))
+        grad_in = F.pad(grad_in.reshape(n, c, h // 2 * 2, w // 2 * 2), (0, w % 2, 0, h % 2))
+        return _like_input(grad_in, ctx.channels_last)
+
+
+def _like_input(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def stage_outputs(stem_output: torch.Tensor, groups) -> list[torch.Tensor]:
