@@ -108,6 +108,7 @@ INTERNALS = (
     "torch._inductor.graph.GraphLowering.save_output_code",
     "torch._inductor.graph.GraphLowering.codegen",
     "torch._inductor.scheduler.BaseSchedulerNode.get_read_write_buffers_sizes",
+    "torch._inductor.ir.UserDefinedTritonKernel",
     "torch._inductor.async_compile.AsyncCompile.triton",
     "torch._inductor.config.compile_threads",
     "torch._inductor.config.force_disable_caches",
@@ -262,7 +263,12 @@ PLUMBING = {"convert_element_type", "reshape", "view", "unsqueeze", "squeeze", "
 def describe_node(node):
     """One scheduler node: its kind, bytes read + written, origins (module path, aten ops)."""
     try:
-        moved = node.get_read_write_buffers_sizes()
+        if isinstance(getattr(node, "node", None), internal("torch._inductor.ir.UserDefinedTritonKernel")):
+            moved = user_kernel_bytes(node.node)
+        else:
+            moved = node.get_read_write_buffers_sizes()
+    except PlanError:
+        raise
     except Exception as error:       # noqa: BLE001 -- a moved internal must name itself
         raise PlanError(f"torch internal BaseSchedulerNode.get_read_write_buffers_sizes failed: "
                         f"{type(error).__name__}: {error}") from None
@@ -283,6 +289,38 @@ def describe_node(node):
     return {"kind": kind, "bytes": int(moved), "extern": extern,
             "module": modules.most_common(1)[0][0] if modules else "",
             "ops": [op for op, _ in ops.most_common(4)]}
+
+
+def user_kernel_bytes(kernel) -> int:
+    """Bytes one of our Triton kernels reads and writes: each tensor argument its Triton IR
+    loads from, once, and each it stores to, once (Inductor's own analysis of the kernel,
+    UserDefinedTritonKernel.arg_accesses). Inductor's node-level count would also count
+    every output as read (an output is a mutated argument) and an argument the kernel never
+    loads (a pointer passed only to fill a slot, like affine_gelu's residual without one)."""
+    try:
+        accesses = kernel.arg_accesses.read_writes
+        arguments = kernel.kernel_args
+    except AttributeError as error:
+        raise PlanError(f"torch internal UserDefinedTritonKernel.arg_accesses/kernel_args is missing "
+                        f"(torch {torch.__version__}): {error}") from None
+
+    def tensor_bytes(deps) -> int:
+        seen, total = set(), 0
+        for dep in deps:
+            tensor = arguments.get(dep.name)
+            if tensor is None or not hasattr(tensor, "get_size"):
+                continue
+            name = tensor.get_name() if hasattr(tensor, "get_name") else dep.name
+            if name in seen:
+                continue
+            seen.add(name)
+            numel = 1
+            for size in tensor.get_size():
+                numel *= int(size)
+            total += numel * tensor.get_dtype().itemsize
+        return total
+
+    return tensor_bytes(accesses.reads) + tensor_bytes(accesses.writes)
 
 
 def origin_module(fx_node) -> str:

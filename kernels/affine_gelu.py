@@ -15,6 +15,16 @@ Backward (z = x*scale + shift, dz = dy * GELU'(z), recomputed from x):
   dx = dz * scale[c],  dscale[c] = sum(dz * x),  dshift[c] = sum(dz),  dresidual = dy.
 The per-channel sums are written as per-program partials, then reduced by a
 second small kernel: deterministic, no atomics.
+
+batch_norm_gelu is the same forward with training-mode BatchNorm's batch statistics
+(scale = weight * rstd, shift = bias - mean * scale), whose backward differentiates
+through those statistics in two passes over x and dy and no stored intermediate:
+  pass 1 (the backward kernels above, not writing dx): B[c] = sum(dz), S[c] = sum(dz * x)
+  per channel, M pixels: dbias = B, dweight = sum(dz * xhat) = rstd * (S - mean * B),
+      k = rstd * dweight / M
+  pass 2: dx = dz * scale - scale * k * (x - mean) - scale * B / M
+(the BatchNorm input gradient written out; autograd through the statistics would add
+a third pass over a stored float16 dx, and Inductor recomputes the mean for it).
 """
 from typing import Optional
 
@@ -60,19 +70,20 @@ def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
 
 
 @triton.jit
-def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b):
-    """One tile of the backward, either layout: writes dx = dz * scale and returns
-    (dz * x, dz), the tile's contributions to the scale and shift gradients."""
+def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX: tl.constexpr):
+    """One tile of the backward, either layout: writes dx = dz * scale (if STORE_DX) and
+    returns (dz * x, dz), the tile's contributions to the scale and shift gradients."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dz = dy * gelu_grad_f32(x * a + b)
-    tl.store(dx_ptr + offs, cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
+    if STORE_DX:
+        tl.store(dx_ptr + offs, cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
     return dz * x, dz
 
 
 @triton.jit
 def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, M, C,
-                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                   STORE_DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """channels_last: (M = N*H*W, C). Grid (P, column blocks); program p walks row
     blocks p, p+P, ... and writes its column sums to row p of the partials."""
     pid = tl.program_id(0)
@@ -87,7 +98,7 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshi
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         mask = (rows < M)[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b)
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX)
         acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + pid * C + cols, tl.sum(acc_s, 0), mask=cmask)
@@ -96,7 +107,7 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshi
 
 @triton.jit
 def _bwd_nchw_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, R, L, C,
-                     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                     STORE_DX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """contiguous: (R = N*C planes, L = H*W). Each program owns BLOCK_R whole planes
     and writes one sum per plane; partials are then (N, C)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -110,7 +121,7 @@ def _bwd_nchw_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, ps
         cols = l0 + tl.arange(0, BLOCK_L)
         mask = rmask[:, None] & (cols < L)[None, :]
         offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
-        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b)
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX)
         acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + rows, tl.sum(acc_s, 1), mask=rmask)
@@ -133,6 +144,37 @@ def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
         acc2 += tl.load(p2_ptr + offs, mask=mask, other=0.0)
     tl.store(out1_ptr + cols, cast_to(tl.sum(acc1, 0), out1_ptr.dtype.element_ty), mask=cmask)
     tl.store(out2_ptr + cols, cast_to(tl.sum(acc2, 0), out2_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _bn_dx_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, R, L, C,
+                  CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """batch_norm_gelu's pass 2: dx = dz * scale[c] + x * cx[c] + c0[c], dz recomputed;
+    tiled like _fwd_kernel."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    rmask = rows < R
+    lmask = cols < L
+    mask = rmask[:, None] & lmask[None, :]
+    offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
+    if CHANNELS_LAST:
+        ch = cols
+        chmask = lmask
+        a = tl.load(scale_ptr + ch, mask=chmask, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(shift_ptr + ch, mask=chmask, other=0.0).to(tl.float32)[None, :]
+        cx = tl.load(cx_ptr + ch, mask=chmask, other=0.0)[None, :]
+        c0 = tl.load(c0_ptr + ch, mask=chmask, other=0.0)[None, :]
+    else:
+        ch = rows % C
+        chmask = rmask
+        a = tl.load(scale_ptr + ch, mask=chmask, other=0.0).to(tl.float32)[:, None]
+        b = tl.load(shift_ptr + ch, mask=chmask, other=0.0).to(tl.float32)[:, None]
+        cx = tl.load(cx_ptr + ch, mask=chmask, other=0.0)[:, None]
+        c0 = tl.load(c0_ptr + ch, mask=chmask, other=0.0)[:, None]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dz = dy * gelu_grad_f32(x * a + b)
+    tl.store(dx_ptr + offs, cast_to(dz * a + x * cx + c0, dx_ptr.dtype.element_ty), mask=mask)
 
 
 # --------------------------------------------------------------------------- launch wrappers
@@ -164,15 +206,12 @@ def _forward(x, scale, shift, residual):
     return y
 
 
-def _backward(dy, x, scale, shift):
+def _channel_sums(dy, x, scale, shift, dx, sum_dz_x, sum_dz):
+    """Writes sum(dz * x) and sum(dz) per channel into sum_dz_x and sum_dz (in their
+    dtypes), dz = dy * GELU'(x * scale + shift); with dx given, also dx = dz * scale."""
     n, c = x.shape[:2]
-    dy = cm.same_layout(dy, x)
-    dx = cm.empty_like(x)
-    dscale = cm.empty((c,), scale.dtype, x.device)
-    dshift = cm.empty((c,), shift.dtype, x.device)
-    if x.numel() == 0:
-        return dx, dscale.zero_(), dshift.zero_()
     cl, R, L = _view(x)
+    store_dx = dx is not None
     if cl:
         # About two programs per SM in all, each walking many row blocks: few partial
         # rows, so that the second kernel's sum is short.
@@ -181,20 +220,67 @@ def _backward(dy, x, scale, shift):
         P = cm.persistent_programs(triton.cdiv(R, block_m), x.device, per_sm=max(1, BWD_PER_SM // cblocks))
         pscale = cm.empty((P, c), torch.float32, x.device)
         pshift = cm.empty((P, c), torch.float32, x.device)
-        cm.launcher(_bwd_cl_kernel)[(P, cblocks)](x, dy, scale, shift, dx, pscale, pshift, R, c,
-                                                  BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
+        cm.launcher(_bwd_cl_kernel)[(P, cblocks)](x, dy, scale, shift, dx if store_dx else x, pscale, pshift, R, c,
+                                                  STORE_DX=store_dx, BLOCK_M=block_m, BLOCK_C=block_c,
+                                                  num_warps=BWD_WARPS)
     else:
         block_r, block_l = _tile(L, 512, BWD_TILE)
         P = n
         pscale = cm.empty((n, c), torch.float32, x.device)
         pshift = cm.empty((n, c), torch.float32, x.device)
-        cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx, pscale, pshift, R, L, c,
+        cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx if store_dx else x,
+                                                                 pscale, pshift, R, L, c, STORE_DX=store_dx,
                                                                  BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
     block_c = min(cm.next_pow2(c), 64)
     block_p = max(1, min(cm.next_pow2(P), SUM_TILE // block_c))
-    cm.launcher(_sum_rows_kernel)[(triton.cdiv(c, block_c),)](pscale, pshift, dscale, dshift, P, c,
+    cm.launcher(_sum_rows_kernel)[(triton.cdiv(c, block_c),)](pscale, pshift, sum_dz_x, sum_dz, P, c,
                                                                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
+
+
+def _backward(dy, x, scale, shift):
+    c = x.shape[1]
+    dy = cm.same_layout(dy, x)
+    dx = cm.empty_like(x)
+    dscale = cm.empty((c,), scale.dtype, x.device)
+    dshift = cm.empty((c,), shift.dtype, x.device)
+    if x.numel() == 0:
+        return dx, dscale.zero_(), dshift.zero_()
+    _channel_sums(dy, x, scale, shift, dx, dscale, dshift)
     return dx, dscale, dshift
+
+
+def _batch_affine(weight, bias, mean, var, eps):
+    """(rstd, scale, shift) in float32 of training-mode BatchNorm with these statistics."""
+    rstd = torch.rsqrt(var + eps)
+    scale = weight.float() * rstd
+    return rstd, scale, bias.float() - mean * scale
+
+
+def _batch_norm_forward(x, weight, bias, eps, residual):
+    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+    _, scale, shift = _batch_affine(weight, bias, mean, var, eps)
+    return _forward(x, scale, shift, residual), mean, var
+
+
+def _batch_norm_backward(dy, x, weight, bias, mean, var, eps):
+    n, c, h, w = x.shape
+    dy = cm.same_layout(dy, x)
+    rstd, scale, shift = _batch_affine(weight, bias, mean, var, eps)
+    sum_dz_x = cm.empty((c,), torch.float32, x.device)
+    sum_dz = cm.empty((c,), torch.float32, x.device)
+    _channel_sums(dy, x, scale, shift, None, sum_dz_x, sum_dz)
+    count = n * h * w
+    dweight = rstd * (sum_dz_x - mean * sum_dz)                       # sum(dz * xhat)
+    k = rstd * dweight / count
+    cx = -scale * k
+    c0 = scale * (k * mean - sum_dz / count)
+    dx = cm.empty_like(x)
+    cl, R, L = _view(x)
+    block_r, block_l = _tile(L, 1024, FWD_TILE)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
+    cm.launcher(_bn_dx_kernel)[grid](x, dy, scale, shift, cx, c0, dx, R, L, c, CHANNELS_LAST=cl,
+                                     BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
+    return dx, dweight.to(weight.dtype), sum_dz.to(bias.dtype)
 
 
 # --------------------------------------------------------------------------- registration
@@ -233,6 +319,45 @@ def _autograd_backward(ctx, dy):
 _affine_gelu_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
+def _batch_norm_gelu_fake(x, weight, bias, eps, residual):
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=torch.float32), x.new_empty((c,), dtype=torch.float32)
+
+
+@cm.register_op("batch_norm_gelu", fake=_batch_norm_gelu_fake)
+def _batch_norm_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                        residual: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch_norm_forward(x, weight, bias, eps, residual)
+
+
+def _batch_norm_gelu_backward_fake(dy, x, weight, bias, mean, var, eps):
+    return torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+@cm.register_op("batch_norm_gelu_backward", fake=_batch_norm_gelu_backward_fake)
+def _batch_norm_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                 mean: torch.Tensor, var: torch.Tensor,
+                                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch_norm_backward(dy, x, weight, bias, mean, var, eps)
+
+
+def _bn_setup_context(ctx, inputs, output):
+    x, weight, bias, eps, residual = inputs
+    _, mean, var = output
+    ctx.eps, ctx.has_residual = eps, residual is not None
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(x, weight, bias, mean, var)
+
+
+def _bn_autograd_backward(ctx, dy, _dmean, _dvar):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    dx, dweight, dbias = _batch_norm_gelu_backward_op(dy, x, weight, bias, mean, var, ctx.eps)
+    return dx, dweight, dbias, None, (dy if ctx.has_residual else None)
+
+
+_batch_norm_gelu_op.register_autograd(_bn_autograd_backward, setup_context=_bn_setup_context)
+
+
 # --------------------------------------------------------------------------- public API
 def affine_gelu_eager(x, scale, shift, residual=None):
     """The eager twin in plain PyTorch."""
@@ -267,3 +392,47 @@ def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
     if backend == "eager":
         return affine_gelu_eager(x, scale, shift, residual)
     return _affine_gelu_op(x, scale, shift, residual)
+
+
+def batch_norm_gelu_eager(x, weight, bias, eps, residual=None):
+    """The eager twin in plain PyTorch: (output, batch mean, biased batch variance)."""
+    wide = torch.promote_types(x.dtype, torch.float32)          # float32, or float64 for a float64 x
+    var, mean = torch.var_mean(x.to(wide), dim=(0, 2, 3), correction=0)
+    xhat = (x.to(wide) - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
+    y = F.gelu(xhat * weight.to(wide)[:, None, None] + bias.to(wide)[:, None, None]).to(x.dtype)
+    return (y if residual is None else y + residual), mean.detach(), var.detach()
+
+
+def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                    residual: Optional[torch.Tensor] = None, backend=None):
+    """Training-mode BatchNorm, GELU (+ residual) for x of shape (N, C, H, W):
+    GELU((x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]) (+ residual), with the
+    batch's own mean and biased variance over (N, H, W).
+
+    Returns (output, mean, var): the output in x's dtype and memory format, the statistics
+    in float32 (for running statistics; not differentiable). Differentiable in x (through
+    the statistics too), weight, bias and residual. Inputs as for affine_gelu, with
+    weight and bias in place of scale and shift; eps a positive float.
+    """
+    cm.check_tensor("x", x, ndim=4)
+    dev = x.device
+    cm.check_tensor("weight", weight, ndim=1, device=dev)
+    cm.check_tensor("bias", bias, ndim=1, device=dev)
+    c = x.shape[1]
+    cm.check_shape("weight", weight, (c,))
+    cm.check_shape("bias", bias, (c,))
+    cm.check_contiguous("weight", weight)
+    cm.check_contiguous("bias", bias)
+    cm.layout_4d("x", x)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if x.numel() == 0:
+        raise ValueError(f"x has no elements (shape {tuple(x.shape)}): batch statistics need at least one")
+    if residual is not None:
+        cm.check_tensor("residual", residual, ndim=4, dtypes=(x.dtype,), device=dev)
+        cm.check_shape("residual", residual, x.shape)
+        cm.layout_4d("residual", residual)
+    backend = cm.resolve_backend(backend, x)
+    if backend == "eager":
+        return batch_norm_gelu_eager(x, weight, bias, eps, residual)
+    return _batch_norm_gelu_op(x, weight, bias, float(eps), residual)

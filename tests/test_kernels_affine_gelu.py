@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernel_checks import (DEVICE, DTYPES, U32, poisoned_kernel_outputs, assert_rounded_once,  # noqa: F401
+from kernel_checks import (DEVICE, DTYPES, U32, poisoned_kernel_outputs, assert_rounded_once, as_f64, run,  # noqa: F401
                            check_against_eager, make)
 
 SHAPES = [
@@ -125,3 +125,105 @@ def test_affine_gelu_half_rounds_once(channels_last, dtype, param_dtype, residua
     e_dx = (g * a).abs() * e_gelu_grad + 2 * exact_dx.abs()
     assert_rounded_once(y, exact_y, 2 * U32 * e_y, f"affine_gelu {dtype} output")
     assert_rounded_once(dx, exact_dx, 2 * U32 * e_dx, f"affine_gelu {dtype} dx")
+
+
+# --------------------------------------------------------------------------- batch_norm_gelu
+EPS = 1e-5
+
+
+def batch_norm_gelu_output(x, weight, bias, residual, backend=None):
+    """batch_norm_gelu's output alone (check_against_eager differentiates one tensor)."""
+    if backend is None:                                   # the float64 twin, called as twin(*inputs)
+        return kernels.batch_norm_gelu_eager(x, weight, bias, EPS, residual)[0]
+    return kernels.batch_norm_gelu(x, weight, bias, EPS, residual, backend=backend)[0]
+
+
+def _bn_inputs(shape, dtype, channels_last, residual):
+    c = shape[1]
+    x = make(shape, dtype, channels_last, scale=2.0, shift=0.5)
+    weight = make((c,), torch.float32, scale=0.3, shift=1.0)
+    bias = make((c,), torch.float32, scale=0.5)
+    return [x, weight, bias, make(shape, dtype, channels_last) if residual else None]
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [(2, 512, 3, 3), (3, 40, 5, 7), (1, 3, 3, 3)], ids=str)
+def test_batch_norm_gelu(shape, channels_last, dtype, residual):
+    """Output and the gradients of x (through the batch statistics), weight, bias and residual."""
+    inputs = _bn_inputs(shape, dtype, channels_last, residual)
+    g = torch.randn(shape, device=DEVICE, dtype=dtype)
+    y = check_against_eager(batch_norm_gelu_output, batch_norm_gelu_output, inputs, g, dtype, reduced=(2, 3),
+                            what=f"batch_norm_gelu{shape}")[0]
+    assert y.stride() == inputs[0].stride(), "output must keep x's memory format"
+    _, mean, var = kernels.batch_norm_gelu(*inputs[:3], EPS, inputs[3], backend="triton")
+    expected_var, expected_mean = torch.var_mean(inputs[0].detach().float(), dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean, expected_mean)
+    torch.testing.assert_close(var, expected_var)
+    assert not mean.requires_grad and not var.requires_grad
+
+
+def test_batch_norm_gelu_backward_is_batchnorms_through_its_statistics():
+    """The kernel's gradients (float32, interpreter) against PyTorch's own training-mode
+    BatchNorm + GELU in float64, differentiated by autograd: the two passes' formula, not
+    only the twin, is right."""
+    x, weight, bias, residual = _bn_inputs((4, 6, 5, 3), torch.float32, True, True)
+    g = torch.randn(x.shape, device=DEVICE)
+    out_k, grads_k = run(lambda *a: kernels.batch_norm_gelu(*a[:3], EPS, a[3], backend="triton")[0],
+                         [x, weight, bias, residual], g)
+
+    def reference(x, weight, bias, residual):
+        return F.gelu(F.batch_norm(x, None, None, weight, bias, training=True, eps=EPS)) + residual
+    out_r, grads_r = run(reference, as_f64([x, weight, bias, residual]), g.double())
+    torch.testing.assert_close(out_k.double(), out_r, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(("x", "weight", "bias", "residual"), grads_k, grads_r):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_batch_norm_gelu_half_dx_rounds_once(channels_last):
+    """Known answers for float16: the input gradient, computed in float32 and rounded once
+    at the store, equals the exact (float64) gradient rounded once wherever float32's own
+    error cannot reach a rounding midpoint. The bound on float32's error is taken from a
+    float32 evaluation of the same formula on the same inputs (its distance to the exact
+    value, times 8, plus 16 units of float32 roundoff of the terms): an extra float16
+    rounding of dz, of the statistics' coefficients or of dx inside the kernel moves
+    results by up to half a float16 unit (about 2**-11 of their size) and is seen."""
+    shape = (2, 8, 4, 4)
+    x = uniform(shape, -2.0, 3.0, torch.float16)
+    weight, bias = uniform((8,), 0.5, 1.5, torch.float32), uniform((8,), -0.5, 0.5, torch.float32)
+    dy = uniform(shape, 0.5, 2.0, torch.float16)
+    if channels_last:
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y, _, _ = kernels.batch_norm_gelu(x, weight, bias, EPS, backend="triton")
+    dx, = torch.autograd.grad(y, [x], dy)
+
+    def exact_dx(dtype):
+        x_ = x.detach().to(dtype).requires_grad_(True)
+        out = F.gelu(F.batch_norm(x_, None, None, weight.to(dtype), bias.to(dtype), training=True, eps=EPS))
+        grad, = torch.autograd.grad(out, [x_], dy.to(dtype))
+        return grad, out
+    dx64, y64 = exact_dx(torch.float64)
+    dx32, y32 = exact_dx(torch.float32)
+    scale = (weight.double() / torch.sqrt(x.detach().double().var((0, 2, 3), unbiased=False) + EPS))[:, None, None]
+    terms = (dy.double().abs() * scale).abs() + dx64.abs()
+    assert_rounded_once(dx, dx64, 8 * (dx32.double() - dx64).abs() + 16 * U32 * terms, "batch_norm_gelu float16 dx")
+    assert_rounded_once(y, y64, 8 * (y32.double() - y64).abs() + 16 * U32 * (y64.abs() + 1), "batch_norm_gelu float16 output")
+
+
+def test_batch_norm_gelu_rejects_bad_input():
+    x = torch.randn(2, 4, 3, 3, device=DEVICE)
+    w = torch.ones(4, device=DEVICE)
+    f = kernels.batch_norm_gelu
+    with pytest.raises(ValueError, match="eps"):
+        f(x, w, w, 0.0, backend="triton")
+    with pytest.raises(ValueError, match="eps"):
+        f(x, w, w, True, backend="triton")
+    with pytest.raises(ValueError, match="shape"):
+        f(x, torch.ones(5, device=DEVICE), w, EPS, backend="triton")
+    with pytest.raises(ValueError, match="no elements"):
+        f(x[:0], w, w, EPS, backend="triton")
+    with pytest.raises(TypeError, match="residual"):
+        f(x, w, w, EPS, residual=x.half(), backend="triton")

@@ -7,11 +7,28 @@ from torch import nn
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """BatchNorm with its weight frozen at 1: only the bias trains (both recipes)."""
+    """BatchNorm with its weight frozen at 1: only the bias trains (every recipe).
+
+    Its num_batches_tracked (which a fixed momentum never reads) is not counted by each
+    norm's forward, one tiny kernel launch each, but once per training step for the whole
+    network by count_batches (the Trainer's step): one launch for all."""
 
     def __init__(self, channels: int, eps: float, momentum: float):
         super().__init__(channels, eps=eps, momentum=momentum)
         self.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
+def count_batches(model: nn.Module):
+    """Adds 1 to the num_batches_tracked of every BatchNorm of `model` in training mode, in
+    one launch: after each training forward."""
+    counters = [m.num_batches_tracked for m in model.modules() if isinstance(m, BatchNorm) and m.training]
+    if counters:
+        torch._foreach_add_(counters, 1)
 
 
 class MaxPool2x2(nn.Module):
@@ -48,11 +65,16 @@ class _MaxPool2x2(torch.autograd.Function):
     def backward(ctx, grad):
         (winner,) = ctx.saved_tensors
         n, c, h, w = ctx.shape
-        position = torch.arange(4, device=grad.device, dtype=torch.int8).view(2, 1, 2)
-        won = winner[:, :, :, None, :, None] == position                  # (N, C, H/2, 2, W/2, 2)
-        grad_in = torch.where(won, grad[:, :, :, None, :, None], torch.zeros((), dtype=grad.dtype, device=grad.device))
-        grad_in = F.pad(grad_in.reshape(n, c, h // 2 * 2, w // 2 * 2), (0, w % 2, 0, h % 2))
-        return _like_input(grad_in, ctx.channels_last)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        position = torch.arange(4, device=grad.device, dtype=torch.int8)
+        if ctx.channels_last:           # built as (N, H, W, C), then viewed as channels_last (N, C, H, W)
+            won = winner.permute(0, 2, 3, 1)[:, :, None, :, None, :] == position.view(2, 1, 2, 1)
+            grad_in = torch.where(won, grad.permute(0, 2, 3, 1)[:, :, None, :, None, :], zero)
+            grad_in = F.pad(grad_in.reshape(n, h // 2 * 2, w // 2 * 2, c), (0, 0, 0, w % 2, 0, h % 2))
+            return grad_in.permute(0, 3, 1, 2)
+        won = winner[:, :, :, None, :, None] == position.view(2, 1, 2)        # (N, C, H/2, 2, W/2, 2)
+        grad_in = torch.where(won, grad[:, :, :, None, :, None], zero)
+        return F.pad(grad_in.reshape(n, c, h // 2 * 2, w // 2 * 2), (0, w % 2, 0, h % 2))
 
 
 def _like_input(t: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -45,19 +45,19 @@ def _norm_silu(x, batchnorm):
 
 def _norm_gelu_fused(x, batchnorm, residual=None):
     """BatchNorm with exact training-mode batch statistics (or running statistics in
-    eval mode), but the normalise-and-shift, GELU and residual add in one kernel."""
+    eval mode), but the normalise-and-shift, GELU and residual add in one kernel; in
+    training, its backward (through the batch statistics) in two passes of ours."""
     if batchnorm.training:
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+        y, mean, var = kernels.batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps, residual,
+                                               backend="triton")
         with torch.no_grad():
             count = x.numel() // x.shape[1]
             unbiased = var * (count / max(count - 1, 1))
             batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
             batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
-            batchnorm.num_batches_tracked.add_(1)
-    else:
-        mean, var = batchnorm.running_mean.float(), batchnorm.running_var.float()
-    scale = batchnorm.weight.float() * torch.rsqrt(var + batchnorm.eps)
-    shift = batchnorm.bias.float() - mean * scale
+        return y
+    scale = batchnorm.weight.float() * torch.rsqrt(batchnorm.running_var.float() + batchnorm.eps)
+    shift = batchnorm.bias.float() - batchnorm.running_mean.float() * scale
     return kernels.affine_gelu(x, scale, shift, residual, backend="triton")
 
 

@@ -24,6 +24,7 @@ from engine.checks import as_device, as_dtype, require_type
 from engine.training.config import RecipeConfig
 from engine.training.data import CifarLoader
 from engine.training.evaluation import evaluate
+from engine.training.layers import count_batches
 from engine.training.ops import Ops
 from engine.options import COMPILE_MODES
 from engine.training.optim import Optimizers, update_groups_
@@ -222,6 +223,7 @@ class Trainer:
 
     def _forward_loss(self, model: nn.Module, images, labels):
         logits = model(images)
+        count_batches(model)
         loss = self.config.loss(logits, labels)
         return loss, (logits.argmax(1) == labels).sum()
 
