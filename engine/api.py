@@ -45,9 +45,11 @@ def default_dtype(device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def default_kernels(device) -> str:
-    """The Triton kernels on CUDA, their eager twins elsewhere."""
-    return "triton" if torch.device(device).type == "cuda" else "eager"
+def default_kernels(device, config=RecipeConfig) -> str:
+    """The kernels when none are named: on CUDA the recipe's choice (`cuda_kernels` of its
+    Config, an instance or the class: triton unless the recipe says eager), their eager
+    twins elsewhere."""
+    return config.cuda_kernels if torch.device(device).type == "cuda" else "eager"
 
 
 def make_deterministic():
@@ -69,9 +71,10 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
       docs/recipe.md; another recipe's from `make_config(name, ...)`); its train_images is set
       to the data's size. data: "synthetic", an .npz file, an image folder, a torchvision
       CIFAR-10 root (a str or pathlib.Path), or a `Cifar10` from `load_cifar10`. seed: the run's seed (and the
-      synthetic data's, as in run.py). device/dtype/kernels: default CUDA + float16 + triton
-      when present, else CPU + float32 + eager. compile: torch.compile (warm-up included).
-      progress: print the per-epoch table (a bar in a terminal).
+      synthetic data's, as in run.py). device/dtype/kernels: default CUDA + float16 + the
+      recipe's kernels (default_kernels) when present, else CPU + float32 + eager.
+      compile: torch.compile (warm-up included). progress: print the per-epoch table (a bar
+      in a terminal).
     The result holds `ema_model` (the reported network), `model`, `ema_accuracy`,
     `accuracy`, `epochs` (per-epoch rows), the seconds and `learned_nothing` (True when the
     accuracy stayed at chance or the loss at its start); `to_dict()` gives the figures.
@@ -93,7 +96,7 @@ def fit(config: Config | None = None, data: str | os.PathLike | Cifar10 = "synth
         require_type("kernels", kernels, str, "'eager' or 'triton'")
     device = as_device(device) if device is not None else default_device()
     dtype = as_dtype(dtype) if dtype is not None else default_dtype(device)
-    ops = make_ops(kernels or default_kernels(device))
+    ops = make_ops(kernels or default_kernels(device, config))
     require_network_fits(config, device, dtype, name="the config's base_width")
     if not isinstance(data, Cifar10):
         data = os.fspath(data)

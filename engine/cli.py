@@ -120,7 +120,7 @@ def train_main(argv: list, prog: str = "run.py") -> int:
     if args.deterministic:
         make_deterministic()
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
-    kernels = args.kernels or default_kernels(device)
+    kernels = recipe_kernels(args, [point.recipe for point in points], device)
     with OutputLocks() as locks:      # a second process on the same files is refused
         try:
             for option, path in outputs.locked_by(seeds, world, sweep):
@@ -153,10 +153,18 @@ def recipe_config(args, recipe, train_images: int, settings: dict | None = None)
     return recipe.make_config(train_images=train_images, **{field: getattr(args, field) for field in given.values()},
                               **(settings or {}))
 
-def train_runs(parser, args, points: list, world: World, device, dtype, kernels: str, peers=None,
+
+def recipe_kernels(args, recipes: list, device) -> dict:
+    """{recipe name: kernels} for the command's recipes: --kernels when given, else each
+    recipe's default on `device` (engine.api.default_kernels)."""
+    return {recipe.name: args.kernels or default_kernels(device, recipe.config_class) for recipe in recipes}
+
+
+def train_runs(parser, args, points: list, world: World, device, dtype, kernels: dict, peers=None,
                locks: OutputLocks | None = None, data=None) -> int:
     """Load the data (unless `data`, loaded already by load_data), build the trainer and
-    loaders, and hand them to a Session (a SweepSession for several points)."""
+    loaders, and hand them to a Session (a SweepSession for several points). kernels: the
+    recipes' kernels (recipe_kernels)."""
     synthetic_size = args.synthetic_size or SYNTHETIC_SIZE
     if data is None:
         try:
@@ -181,17 +189,20 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     show = Progress("quiet" if args.quiet else "auto" if world.main else "runs",
                     prefix=f"[rank {world.rank}] " if world.distributed else "")
     recipe, config = points[0].recipe, configs[0]
+    ops = {type(c): make_ops(kernels[p.recipe.name]) for p, c in zip(points, configs)}     # one per recipe
+    kernels_text = (kernels[recipe.name] if len(set(kernels.values())) == 1
+                    else ", ".join(f"{name}: {kind}" for name, kind in kernels.items()))
     if world.main and not args.quiet:
         print(f"recipe: {', '.join(dict.fromkeys(point.recipe.name for point in points))} | data: {data.source} | "
               f"device: {device_name(device)}"
               f"{f' (x{world.size} processes)' if world.distributed else ''} | "
-              f"dtype: {dtype_name(dtype)} | kernels: {kernels} | "
+              f"dtype: {dtype_name(dtype)} | kernels: {kernels_text} | "
               f"compile: {compile_mode if args.compile else 'off'} | "
               f"{config.total_steps} steps of {config.batch_size}"
               f"{' | deterministic' if args.deterministic else ''}"
               f"{f' | sweep: {len(points)} points x {args.runs} run(s)' if len(points) > 1 else ''}", flush=True)
     try:
-        setups = Setups(data, make_ops(kernels), device, dtype, args.compile, compile_mode,
+        setups = Setups(data, ops, device, dtype, args.compile, compile_mode,
                         warm_up=device.type == "cuda" or args.compile)
         doing = ("compiling the training and evaluation steps (torch.compile) on a short warm-up run"
                  if args.compile else "warming up (a short run that lets cuDNN choose its algorithms)")
@@ -216,12 +227,12 @@ def train_runs(parser, args, points: list, world: World, device, dtype, kernels:
     context = {
         **recipe.record(), "data_source": data.source, "synthetic": data.synthetic, "data": data_record,
         "dtype": dtype_name(dtype),
-        "kernels": kernels,
+        "kernels": kernels_text,
         "compile": args.compile, "compile_mode": compile_mode if args.compile else None,
         "deterministic": args.deterministic, "config": config.to_dict(), **environment(device),
     }
-    checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels, "compile": args.compile,
-                         "data": data_record}
+    checkpoint_fields = {"recipe": recipe.name, "data_source": data.source, "kernels": kernels[recipe.name],
+                         "compile": args.compile, "data": data_record}
     common = dict(first_seed=args.seed, world=world, outputs=Outputs(args.json, args.save, args.plot), show=show,
                   data_source=data.source, context=context, checkpoint_fields=checkpoint_fields,
                   evaluate_every_epoch=not args.final_eval_only, warmup_seconds=setups.warmup_seconds,

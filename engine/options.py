@@ -277,7 +277,8 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode, with --compile (default: default)")
     g.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
-                   help="elementwise kernels: triton or eager twins (default: triton on CUDA, eager on CPU)")
+                   help="elementwise kernels: triton or eager twins (default on CUDA: the recipe's choice, triton "
+                        "or, where Inductor's own code moves fewer bytes, eager; on CPU: eager)")
     g.add_argument("--deterministic", action="store_true",
                    help="torch's deterministic algorithms and cuDNN settings on CUDA (slower; see README)")
     g = p.add_argument_group("runs and output")

@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 
 from engine.checks import require_type
+from engine.options import KERNEL_CHOICES
 from engine.training.config import RecipeConfig
 from engine.recipes import RECIPES
 
@@ -116,6 +117,9 @@ def check_recipe_module(module, where: str):
         raise ValueError(f"{where}: its Config needs a name of its own, not "
                          f"{config.recipe!r}: add `recipe: ClassVar[str] = 'my-recipe'` (reports and "
                          f"checkpoints tell recipes apart by it)")
+    if config.cuda_kernels not in KERNEL_CHOICES:
+        raise ValueError(f"{where}: its Config's cuda_kernels (the kernels on CUDA without --kernels) is "
+                         f"{config.cuda_kernels!r}; give one of {', '.join(KERNEL_CHOICES)}")
     presets = getattr(module, "PRESETS", {})
     if not isinstance(presets, dict) or not isinstance(presets.get(name, {}), dict):
         raise ValueError(f"{where}: PRESETS must be a dict of {{name: {{field: value}}}}")

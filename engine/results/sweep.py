@@ -141,13 +141,19 @@ class Setups:
     """Builds, for a point's config, the Trainer and loaders that train it: one Trainer per
     recipe, kept across the points (compiled functions reused); the loaders rebuilt only
     when what they depend on changes; a warm-up (on CUDA, or with compile) after every
-    change, whose line says how long it took and, with compile, what it compiled."""
+    change, whose line says how long it took and, with compile, what it compiled. ops: the
+    operation table (an engine.training.ops.Ops) of every recipe, or {Config class: Ops}, one
+    per recipe (each recipe's default kernels on CUDA)."""
 
     def __init__(self, data, ops, device, dtype, compile: bool, compile_mode: str, warm_up: bool):
         self.data, self.ops, self.device, self.dtype = data, ops, device, dtype
         self.compile, self.compile_mode, self.warm_up = compile, compile_mode, warm_up
         self.trainers, self.loaders, self.loader_key = {}, None, None
         self.warmup_seconds = 0.0
+
+    def ops_for(self, config):
+        """The operation table `config`'s recipe trains with."""
+        return self.ops[type(config)] if isinstance(self.ops, dict) else self.ops
 
     def get(self, config) -> tuple:
         """(trainer, train loader, test loader, a line about the warm-up or None)."""
@@ -158,8 +164,8 @@ class Setups:
         trainer = self.trainers.get(type(config))
         new = trainer is None
         if new:
-            check_kernels(self.ops, self.device, self.dtype, config)
-            trainer = self.trainers[type(config)] = Trainer(config, self.ops, self.device, self.dtype,
+            check_kernels(self.ops_for(config), self.device, self.dtype, config)
+            trainer = self.trainers[type(config)] = Trainer(config, self.ops_for(config), self.device, self.dtype,
                                                             compile=self.compile, compile_mode=self.compile_mode)
         changed = new or trainer.config != config
         trainer.use_config(config)
@@ -211,6 +217,7 @@ class SweepSession(Session):
         self.trainer, self.train, self.test, note = self.setups.get(self.configs[point])
         self.config = self.configs[point]
         self.checkpoint_fields["recipe"] = self.points[point].recipe.name
+        self.checkpoint_fields["kernels"] = self.setups.ops_for(self.config).name
         if note:
             self.show.print(note)
 
@@ -229,7 +236,8 @@ class SweepSession(Session):
                             "settings": {name: list(dict.fromkeys(p.settings[name] for p in self.points))
                                          for name in self.points[0].settings}}
         payload["points"] = [{"index": k, "label": point.label(self.with_recipe), "settings": point.settings,
-                              **point.recipe.record(), "reported_as": reported_as(config), "config": config.to_dict(),
+                              **point.recipe.record(), "reported_as": reported_as(config),
+                              "kernels": self.setups.ops_for(config).name, "config": config.to_dict(),
                               "train_pflop": self.train_pflop(k),
                               "summary": summarize([run for run in runs if run.get("point") == k])}
                              for k, (point, config) in enumerate(zip(self.points, self.configs))]

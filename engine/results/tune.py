@@ -592,7 +592,7 @@ def tune(parser, args, confirm_default: int) -> int:
     if args.deterministic:
         make_deterministic()
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
-    kernels = args.kernels or default_kernels(device)
+    kernels = args.kernels or default_kernels(device, recipe.config_class)
 
     with OutputLocks() as locks:
         try:
@@ -704,7 +704,7 @@ def tune(parser, args, confirm_default: int) -> int:
             print(f"\ncomparison on fresh seeds {fresh}..{fresh + confirm - 1}: {recipe.name} against "
                   f"{tuned.name}, {confirm} run(s) each", flush=True)
         status = cli.train_runs(parser, confirm_args, [Point(recipe, fixed), Point(tuned, {})], World(),
-                                device, dtype, kernels, locks=locks, data=data)
+                                device, dtype, {recipe.name: kernels, tuned.name: kernels}, locks=locks, data=data)
         from engine.results.compare import CompareError, compare, format_comparison, load_entries
         try:
             entries, notes = load_entries([paths["confirm"]])

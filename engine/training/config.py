@@ -26,6 +26,9 @@ class RecipeConfig:
     """Fields every recipe has; a recipe's `Config` adds its own after them."""
     recipe: ClassVar[str] = ""         # the recipe's name in --recipe, reports and checkpoints
     reported_as: ClassVar[str] = "accuracy"   # what reports call a run's result
+    # --kernels when not given, on CUDA (the CPU always defaults to eager): our Triton kernels,
+    # unless the GPU plan (bench/gpu_plan.py) has Inductor's own code moving fewer bytes.
+    cuda_kernels: ClassVar[str] = "triton"
 
     train_images: int = 50_000         # size of the training split actually used
     batch_size: int = 512
