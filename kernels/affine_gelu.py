@@ -19,9 +19,9 @@ second small kernel: deterministic, no atomics.
 batch_norm_gelu is the same forward with training-mode BatchNorm's batch statistics
 (scale = weight * rstd, shift = bias - mean * scale), whose backward differentiates
 through those statistics in two passes over x and dy and no stored intermediate:
-  pass 1 (the backward kernels above, not writing dx): B[c] = sum(dz), S[c] = sum(dz * x)
-  per channel, M pixels: dbias = B, dweight = sum(dz * xhat) = rstd * (S - mean * B),
-      k = rstd * dweight / M
+  pass 1 (the backward kernels above, not writing dx): partial sums of dz and dz * x
+  per channel (_bn_finish_kernel), M pixels: B = sum(dz), S = sum(dz * x), dbias = B,
+      dweight = sum(dz * xhat) = rstd * (S - mean * B), k = rstd * dweight / M
   pass 2: dx = dz * scale - scale * k * (x - mean) - scale * B / M
 (the BatchNorm input gradient written out; autograd through the statistics would add
 a third pass over a stored float16 dx, and Inductor recomputes the mean for it).
@@ -147,6 +147,35 @@ def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
 
 
 @triton.jit
+def _bn_finish_kernel(p1_ptr, p2_ptr, mean_ptr, rstd_ptr, scale_ptr, dweight_ptr, dbias_ptr, cx_ptr, c0_ptr,
+                      P, C, count, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """batch_norm_gelu between its passes, per channel: S = sum_p p1[p, c] (dz * x),
+    B = sum_p p2[p, c] (dz); dweight = rstd * (S - mean * B), dbias = B, and pass 2's
+    coefficients k = rstd * dweight / count, cx = -scale * k, c0 = scale * (k * mean - B / count)."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        rows = p0 + tl.arange(0, BLOCK_P)
+        mask = (rows < P)[:, None] & cmask[None, :]
+        offs = rows[:, None] * C + cols[None, :]
+        acc1 += tl.load(p1_ptr + offs, mask=mask, other=0.0)
+        acc2 += tl.load(p2_ptr + offs, mask=mask, other=0.0)
+    sum_dz_x = tl.sum(acc1, 0)
+    sum_dz = tl.sum(acc2, 0)
+    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
+    scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
+    dweight = rstd * (sum_dz_x - mean * sum_dz)
+    k = rstd * dweight / count
+    tl.store(dweight_ptr + cols, cast_to(dweight, dweight_ptr.dtype.element_ty), mask=cmask)
+    tl.store(dbias_ptr + cols, cast_to(sum_dz, dbias_ptr.dtype.element_ty), mask=cmask)
+    tl.store(cx_ptr + cols, -scale * k, mask=cmask)
+    tl.store(c0_ptr + cols, scale * (k * mean - sum_dz / count), mask=cmask)
+
+
+@triton.jit
 def _bn_dx_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, R, L, C,
                   CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """batch_norm_gelu's pass 2: dx = dz * scale[c] + x * cx[c] + c0[c], dz recomputed;
@@ -206,9 +235,9 @@ def _forward(x, scale, shift, residual):
     return y
 
 
-def _channel_sums(dy, x, scale, shift, dx, sum_dz_x, sum_dz):
-    """Writes sum(dz * x) and sum(dz) per channel into sum_dz_x and sum_dz (in their
-    dtypes), dz = dy * GELU'(x * scale + shift); with dx given, also dx = dz * scale."""
+def _channel_partials(dy, x, scale, shift, dx):
+    """Per-program partial sums (P, C) of dz * x and dz, float32, and P, for
+    dz = dy * GELU'(x * scale + shift); with dx given, also writes dx = dz * scale."""
     n, c = x.shape[:2]
     cl, R, L = _view(x)
     store_dx = dx is not None
@@ -231,10 +260,14 @@ def _channel_sums(dy, x, scale, shift, dx, sum_dz_x, sum_dz):
         cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx if store_dx else x,
                                                                  pscale, pshift, R, L, c, STORE_DX=store_dx,
                                                                  BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
+    return pscale, pshift, P
+
+
+def _sum_launch(P, c):
+    """(grid, BLOCK_P, BLOCK_C) of a kernel summing (P, c) partials over P."""
     block_c = min(cm.next_pow2(c), 64)
     block_p = max(1, min(cm.next_pow2(P), SUM_TILE // block_c))
-    cm.launcher(_sum_rows_kernel)[(triton.cdiv(c, block_c),)](pscale, pshift, sum_dz_x, sum_dz, P, c,
-                                                               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
+    return (triton.cdiv(c, block_c),), block_p, block_c
 
 
 def _backward(dy, x, scale, shift):
@@ -245,7 +278,10 @@ def _backward(dy, x, scale, shift):
     dshift = cm.empty((c,), shift.dtype, x.device)
     if x.numel() == 0:
         return dx, dscale.zero_(), dshift.zero_()
-    _channel_sums(dy, x, scale, shift, dx, dscale, dshift)
+    pscale, pshift, P = _channel_partials(dy, x, scale, shift, dx)
+    grid, block_p, block_c = _sum_launch(P, c)
+    cm.launcher(_sum_rows_kernel)[grid](pscale, pshift, dscale, dshift, P, c,
+                                        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
     return dx, dscale, dshift
 
 
@@ -266,21 +302,21 @@ def _batch_norm_backward(dy, x, weight, bias, mean, var, eps):
     n, c, h, w = x.shape
     dy = cm.same_layout(dy, x)
     rstd, scale, shift = _batch_affine(weight, bias, mean, var, eps)
-    sum_dz_x = cm.empty((c,), torch.float32, x.device)
-    sum_dz = cm.empty((c,), torch.float32, x.device)
-    _channel_sums(dy, x, scale, shift, None, sum_dz_x, sum_dz)
-    count = n * h * w
-    dweight = rstd * (sum_dz_x - mean * sum_dz)                       # sum(dz * xhat)
-    k = rstd * dweight / count
-    cx = -scale * k
-    c0 = scale * (k * mean - sum_dz / count)
+    pscale, pshift, P = _channel_partials(dy, x, scale, shift, None)
+    dweight = cm.empty((c,), weight.dtype, x.device)
+    dbias = cm.empty((c,), bias.dtype, x.device)
+    cx = cm.empty((c,), torch.float32, x.device)
+    c0 = cm.empty((c,), torch.float32, x.device)
+    grid, block_p, block_c = _sum_launch(P, c)
+    cm.launcher(_bn_finish_kernel)[grid](pscale, pshift, mean, rstd, scale, dweight, dbias, cx, c0, P, c,
+                                         float(n * h * w), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
     dx = cm.empty_like(x)
     cl, R, L = _view(x)
     block_r, block_l = _tile(L, 1024, FWD_TILE)
     grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
     cm.launcher(_bn_dx_kernel)[grid](x, dy, scale, shift, cx, c0, dx, R, L, c, CHANNELS_LAST=cl,
                                      BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
-    return dx, dweight.to(weight.dtype), sum_dz.to(bias.dtype)
+    return dx, dweight, dbias
 
 
 # --------------------------------------------------------------------------- registration

@@ -38,18 +38,18 @@ EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
     "affine_gelu nchw + residual": (["affine_gelu._fwd_kernel"],
                                     ["affine_gelu._bwd_nchw_kernel", "affine_gelu._sum_rows_kernel"]),
     "batch_norm_gelu channels_last + residual": (["affine_gelu._fwd_kernel"],
-                                                 ["affine_gelu._bwd_cl_kernel", "affine_gelu._sum_rows_kernel",
+                                                 ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
                                                   "affine_gelu._bn_dx_kernel"]),
     "squeeze_excite": (["squeeze_excite._fwd_kernel"], ["squeeze_excite._bwd_kernel", "squeeze_excite._wgrad_kernel"]),
     "channel_scale": (["channel_scale._fwd_kernel"], ["channel_scale._bwd_cl_kernel"]),
     "patch_covariance": (["patch_covariance._patch_moments_kernel"], None),
 }
 # The network: 8 BatchNorm + GELU (stem, three in each full group, one in the short one;
-# backward: the statistics pass, its sum, the dx pass), 2 squeeze-and-excitation gates and
+# backward: the sums pass, their finish, the dx pass), 2 squeeze-and-excitation gates and
 # 2 channel scalings, each launched directly.
 NETWORK_LAUNCHES = (
     {"affine_gelu._fwd_kernel": 8, "squeeze_excite._fwd_kernel": 2, "channel_scale._fwd_kernel": 2},
-    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._sum_rows_kernel": 8, "affine_gelu._bn_dx_kernel": 8,
+    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8, "affine_gelu._bn_dx_kernel": 8,
      "squeeze_excite._bwd_kernel": 2,
      "squeeze_excite._wgrad_kernel": 2, "channel_scale._bwd_cl_kernel": 2},
 )
