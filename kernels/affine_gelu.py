@@ -46,8 +46,8 @@ BWD_PER_SM = 2       # channels_last backward: programs per SM (each walks many 
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
-                CHANNELS_LAST: tl.constexpr, HAS_RES: tl.constexpr,
+def _fwd_kernel(x_ptr, res_ptr, gate_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C, HW,
+                CHANNELS_LAST: tl.constexpr, HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -63,6 +63,8 @@ def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
         a = tl.load(scale_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
         b = tl.load(shift_ptr + ch, mask=rmask, other=0.0).to(tl.float32)[:, None]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        x = x * _gate_tile(gate_ptr, rows, cols, mask, C, HW, CHANNELS_LAST)
     y = gelu_f32(x * a + b)
     if HAS_RES:
         y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -70,10 +72,23 @@ def _fwd_kernel(x_ptr, res_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C,
 
 
 @triton.jit
-def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX: tl.constexpr):
-    """One tile of the backward, either layout: writes dx = dz * scale (if STORE_DX) and
-    returns (dz * x, dz), the tile's contributions to the scale and shift gradients."""
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+def _gate_tile(gate_ptr, rows, cols, mask, C, HW, CHANNELS_LAST: tl.constexpr):
+    """gate[n, c] (float32) at each element of a (rows, cols) tile of the row-major view:
+    channels_last rows are pixels (n = row // HW, c = col), contiguous rows are planes
+    (row = n * C + c, the gate's own flat index)."""
+    if CHANNELS_LAST:
+        offs = (rows // HW)[:, None] * C + cols[None, :]
+    else:
+        offs = rows[:, None] + cols[None, :] * 0
+    return tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX: tl.constexpr):
+    """One tile of the backward, either layout, of x gated by g (1.0: no gate): writes
+    dx = dz * scale (if STORE_DX) and returns (dz * x * g, dz), the tile's contributions
+    to the scale and shift gradients."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * g
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dz = dy * gelu_grad_f32(x * a + b)
     if STORE_DX:
@@ -82,8 +97,8 @@ def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX: tl.constexpr):
 
 
 @triton.jit
-def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, M, C,
-                   STORE_DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bwd_cl_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, M, C, HW,
+                   STORE_DX: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """channels_last: (M = N*H*W, C). Grid (P, column blocks); program p walks row
     blocks p, p+P, ... and writes its column sums to row p of the partials."""
     pid = tl.program_id(0)
@@ -98,7 +113,10 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshi
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         mask = (rows < M)[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX)
+        g = 1.0
+        if HAS_GATE:
+            g = _gate_tile(gate_ptr, rows, cols, mask, C, HW, True)
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX)
         acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + pid * C + cols, tl.sum(acc_s, 0), mask=cmask)
@@ -106,8 +124,8 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshi
 
 
 @triton.jit
-def _bwd_nchw_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, R, L, C,
-                     STORE_DX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+def _bwd_nchw_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, R, L, C,
+                     STORE_DX: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """contiguous: (R = N*C planes, L = H*W). Each program owns BLOCK_R whole planes
     and writes one sum per plane; partials are then (N, C)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -121,7 +139,10 @@ def _bwd_nchw_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, ps
         cols = l0 + tl.arange(0, BLOCK_L)
         mask = rmask[:, None] & (cols < L)[None, :]
         offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
-        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, STORE_DX)
+        g = 1.0
+        if HAS_GATE:
+            g = _gate_tile(gate_ptr, rows, cols, mask, C, L, False)
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX)
         acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + rows, tl.sum(acc_s, 1), mask=rmask)
@@ -206,6 +227,57 @@ def _bn_dx_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, R
     tl.store(dx_ptr + offs, cast_to(dz * a + x * cx + c0, dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _bn_gate_dx_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, dgate_ptr,
+                       N, C, HW, CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """batch_norm_gelu's pass 2 with a gate (xg = x * gate[n, c]): dxg = dz * scale + xg * cx + c0,
+    dx = dxg * gate, dgate[n, c] = sum over the pixels of dxg * x. One program per sample
+    and channel block (channels_last: pixels are rows) or per block of planes (contiguous:
+    (n, c) planes are rows), walking the pixels, so that each gate gradient is one sum."""
+    if CHANNELS_LAST:
+        n = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        a = tl.load(scale_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(shift_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        cx = tl.load(cx_ptr + cols, mask=cmask, other=0.0)[None, :]
+        c0 = tl.load(c0_ptr + cols, mask=cmask, other=0.0)[None, :]
+        g = tl.load(gate_ptr + n * C + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+        for s0 in range(0, HW, BLOCK_S):
+            pix = s0 + tl.arange(0, BLOCK_S)
+            mask = (pix < HW)[:, None] & cmask[None, :]
+            offs = (n * HW + pix).to(tl.int64)[:, None] * C + cols[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            xg = x * g
+            dxg = dy * gelu_grad_f32(xg * a + b) * a + xg * cx + c0
+            tl.store(dx_ptr + offs, cast_to(dxg * g, dx_ptr.dtype.element_ty), mask=mask)
+            acc += tl.where(mask, dxg * x, 0.0)
+        tl.store(dgate_ptr + n * C + cols, cast_to(tl.sum(acc, 0), dgate_ptr.dtype.element_ty), mask=cmask)
+    else:
+        planes = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        pmask = planes < N * C
+        ch = planes % C
+        a = tl.load(scale_ptr + ch, mask=pmask, other=0.0).to(tl.float32)[:, None]
+        b = tl.load(shift_ptr + ch, mask=pmask, other=0.0).to(tl.float32)[:, None]
+        cx = tl.load(cx_ptr + ch, mask=pmask, other=0.0)[:, None]
+        c0 = tl.load(c0_ptr + ch, mask=pmask, other=0.0)[:, None]
+        g = tl.load(gate_ptr + planes, mask=pmask, other=0.0).to(tl.float32)[:, None]
+        acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+        for s0 in range(0, HW, BLOCK_S):
+            pix = s0 + tl.arange(0, BLOCK_S)
+            mask = pmask[:, None] & (pix < HW)[None, :]
+            offs = planes.to(tl.int64)[:, None] * HW + pix[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            xg = x * g
+            dxg = dy * gelu_grad_f32(xg * a + b) * a + xg * cx + c0
+            tl.store(dx_ptr + offs, cast_to(dxg * g, dx_ptr.dtype.element_ty), mask=mask)
+            acc += tl.where(mask, dxg * x, 0.0)
+        tl.store(dgate_ptr + planes, cast_to(tl.sum(acc, 1), dgate_ptr.dtype.element_ty), mask=pmask)
+
+
 # --------------------------------------------------------------------------- launch wrappers
 def _view(x: torch.Tensor):
     """(channels_last, R, L) of the row-major view described in the module docstring."""
@@ -220,7 +292,7 @@ def _tile(L: int, max_l: int, tile: int):
     return max(1, tile // block_l), block_l
 
 
-def _forward(x, scale, shift, residual):
+def _forward(x, scale, shift, residual, gate=None):
     y = cm.empty_like(x)
     if x.numel() == 0:
         return y
@@ -229,15 +301,17 @@ def _forward(x, scale, shift, residual):
         residual = cm.same_layout(residual, x)
     block_r, block_l = _tile(L, 1024, FWD_TILE)
     grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-    cm.launcher(_fwd_kernel)[grid](x, residual if residual is not None else x, scale, shift, y, R, L, x.shape[1],
-                                   CHANNELS_LAST=cl, HAS_RES=residual is not None,
+    cm.launcher(_fwd_kernel)[grid](x, residual if residual is not None else x, gate if gate is not None else scale,
+                                   scale, shift, y, R, L, x.shape[1], x.shape[2] * x.shape[3],
+                                   CHANNELS_LAST=cl, HAS_RES=residual is not None, HAS_GATE=gate is not None,
                                    BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
     return y
 
 
-def _channel_partials(dy, x, scale, shift, dx):
-    """Per-program partial sums (P, C) of dz * x and dz, float32, and P, for
-    dz = dy * GELU'(x * scale + shift); with dx given, also writes dx = dz * scale."""
+def _channel_partials(dy, x, scale, shift, dx, gate=None):
+    """Per-program partial sums (P, C) of dz * xg and dz, float32, and P, for
+    dz = dy * GELU'(xg * scale + shift), xg = x (* gate[n, c]); with dx given, also
+    writes dx = dz * scale."""
     n, c = x.shape[:2]
     cl, R, L = _view(x)
     store_dx = dx is not None
@@ -249,16 +323,18 @@ def _channel_partials(dy, x, scale, shift, dx):
         P = cm.persistent_programs(triton.cdiv(R, block_m), x.device, per_sm=max(1, BWD_PER_SM // cblocks))
         pscale = cm.empty((P, c), torch.float32, x.device)
         pshift = cm.empty((P, c), torch.float32, x.device)
-        cm.launcher(_bwd_cl_kernel)[(P, cblocks)](x, dy, scale, shift, dx if store_dx else x, pscale, pshift, R, c,
-                                                  STORE_DX=store_dx, BLOCK_M=block_m, BLOCK_C=block_c,
-                                                  num_warps=BWD_WARPS)
+        cm.launcher(_bwd_cl_kernel)[(P, cblocks)](x, dy, gate if gate is not None else scale, scale, shift,
+                                                  dx if store_dx else x, pscale, pshift, R, c, x.shape[2] * x.shape[3],
+                                                  STORE_DX=store_dx, HAS_GATE=gate is not None,
+                                                  BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
     else:
         block_r, block_l = _tile(L, 512, BWD_TILE)
         P = n
         pscale = cm.empty((n, c), torch.float32, x.device)
         pshift = cm.empty((n, c), torch.float32, x.device)
-        cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, scale, shift, dx if store_dx else x,
-                                                                 pscale, pshift, R, L, c, STORE_DX=store_dx,
+        cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, gate if gate is not None else scale, scale,
+                                                                 shift, dx if store_dx else x, pscale, pshift, R, L, c,
+                                                                 STORE_DX=store_dx, HAS_GATE=gate is not None,
                                                                  BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
     return pscale, pshift, P
 
@@ -292,17 +368,18 @@ def _batch_affine(weight, bias, mean, var, eps):
     return rstd, scale, bias.float() - mean * scale
 
 
-def _batch_norm_forward(x, weight, bias, eps, residual):
-    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+def _batch_norm_forward(x, weight, bias, eps, residual, gate):
+    gated = x.float() if gate is None else x.float() * gate.float()[:, :, None, None]
+    var, mean = torch.var_mean(gated, dim=(0, 2, 3), correction=0)
     _, scale, shift = _batch_affine(weight, bias, mean, var, eps)
-    return _forward(x, scale, shift, residual), mean, var
+    return _forward(x, scale, shift, residual, gate), mean, var
 
 
-def _batch_norm_backward(dy, x, weight, bias, mean, var, eps):
+def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate):
     n, c, h, w = x.shape
     dy = cm.same_layout(dy, x)
     rstd, scale, shift = _batch_affine(weight, bias, mean, var, eps)
-    pscale, pshift, P = _channel_partials(dy, x, scale, shift, None)
+    pscale, pshift, P = _channel_partials(dy, x, scale, shift, None, gate)
     dweight = cm.empty((c,), weight.dtype, x.device)
     dbias = cm.empty((c,), bias.dtype, x.device)
     cx = cm.empty((c,), torch.float32, x.device)
@@ -312,11 +389,24 @@ def _batch_norm_backward(dy, x, weight, bias, mean, var, eps):
                                          float(n * h * w), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
     dx = cm.empty_like(x)
     cl, R, L = _view(x)
-    block_r, block_l = _tile(L, 1024, FWD_TILE)
-    grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-    cm.launcher(_bn_dx_kernel)[grid](x, dy, scale, shift, cx, c0, dx, R, L, c, CHANNELS_LAST=cl,
-                                     BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
-    return dx, dweight, dbias
+    if gate is None:
+        block_r, block_l = _tile(L, 1024, FWD_TILE)
+        grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
+        cm.launcher(_bn_dx_kernel)[grid](x, dy, scale, shift, cx, c0, dx, R, L, c, CHANNELS_LAST=cl,
+                                         BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
+        return dx, dweight, dbias, x.new_empty((0,))
+    dgate = cm.empty(gate.shape, gate.dtype, x.device)
+    if cl:
+        block_c = min(cm.next_pow2(c), 128)
+        block_s = max(1, min(cm.next_pow2(h * w), FWD_TILE // block_c))
+        grid = (n, triton.cdiv(c, block_c))
+    else:
+        block_s = min(cm.next_pow2(h * w), 256)
+        block_c = max(1, FWD_TILE // block_s)
+        grid = (triton.cdiv(n * c, block_c),)
+    cm.launcher(_bn_gate_dx_kernel)[grid](x, dy, gate, scale, shift, cx, c0, dx, dgate, n, c, h * w,
+                                          CHANNELS_LAST=cl, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=FWD_WARPS)
+    return dx, dweight, dbias, dgate
 
 
 # --------------------------------------------------------------------------- registration
@@ -355,40 +445,42 @@ def _autograd_backward(ctx, dy):
 _affine_gelu_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _batch_norm_gelu_fake(x, weight, bias, eps, residual):
+def _batch_norm_gelu_fake(x, weight, bias, eps, residual, gate):
     c = x.shape[1]
     return torch.empty_like(x), x.new_empty((c,), dtype=torch.float32), x.new_empty((c,), dtype=torch.float32)
 
 
 @cm.register_op("batch_norm_gelu", fake=_batch_norm_gelu_fake)
 def _batch_norm_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                        residual: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _batch_norm_forward(x, weight, bias, eps, residual)
+                        residual: Optional[torch.Tensor],
+                        gate: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch_norm_forward(x, weight, bias, eps, residual, gate)
 
 
-def _batch_norm_gelu_backward_fake(dy, x, weight, bias, mean, var, eps):
-    return torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+def _batch_norm_gelu_backward_fake(dy, x, weight, bias, mean, var, eps, gate):
+    dgate = x.new_empty((0,)) if gate is None else gate.new_empty(gate.shape)
+    return torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape), dgate
 
 
 @cm.register_op("batch_norm_gelu_backward", fake=_batch_norm_gelu_backward_fake)
 def _batch_norm_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                                 mean: torch.Tensor, var: torch.Tensor,
-                                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _batch_norm_backward(dy, x, weight, bias, mean, var, eps)
+                                 mean: torch.Tensor, var: torch.Tensor, eps: float, gate: Optional[torch.Tensor]
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate)
 
 
 def _bn_setup_context(ctx, inputs, output):
-    x, weight, bias, eps, residual = inputs
+    x, weight, bias, eps, residual, gate = inputs
     _, mean, var = output
-    ctx.eps, ctx.has_residual = eps, residual is not None
+    ctx.eps, ctx.has_residual, ctx.has_gate = eps, residual is not None, gate is not None
     ctx.mark_non_differentiable(mean, var)
-    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.save_for_backward(x, weight, bias, mean, var, gate)
 
 
 def _bn_autograd_backward(ctx, dy, _dmean, _dvar):
-    x, weight, bias, mean, var = ctx.saved_tensors
-    dx, dweight, dbias = _batch_norm_gelu_backward_op(dy, x, weight, bias, mean, var, ctx.eps)
-    return dx, dweight, dbias, None, (dy if ctx.has_residual else None)
+    x, weight, bias, mean, var, gate = ctx.saved_tensors
+    dx, dweight, dbias, dgate = _batch_norm_gelu_backward_op(dy, x, weight, bias, mean, var, ctx.eps, gate)
+    return dx, dweight, dbias, None, (dy if ctx.has_residual else None), (dgate if ctx.has_gate else None)
 
 
 _batch_norm_gelu_op.register_autograd(_bn_autograd_backward, setup_context=_bn_setup_context)
@@ -430,24 +522,26 @@ def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
     return _affine_gelu_op(x, scale, shift, residual)
 
 
-def batch_norm_gelu_eager(x, weight, bias, eps, residual=None):
+def batch_norm_gelu_eager(x, weight, bias, eps, residual=None, gate=None):
     """The eager twin in plain PyTorch: (output, batch mean, biased batch variance)."""
     wide = torch.promote_types(x.dtype, torch.float32)          # float32, or float64 for a float64 x
-    var, mean = torch.var_mean(x.to(wide), dim=(0, 2, 3), correction=0)
-    xhat = (x.to(wide) - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
+    xg = x.to(wide) if gate is None else x.to(wide) * gate.to(wide)[:, :, None, None]
+    var, mean = torch.var_mean(xg, dim=(0, 2, 3), correction=0)
+    xhat = (xg - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
     y = F.gelu(xhat * weight.to(wide)[:, None, None] + bias.to(wide)[:, None, None]).to(x.dtype)
     return (y if residual is None else y + residual), mean.detach(), var.detach()
 
 
 def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                    residual: Optional[torch.Tensor] = None, backend=None):
-    """Training-mode BatchNorm, GELU (+ residual) for x of shape (N, C, H, W):
-    GELU((x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]) (+ residual), with the
-    batch's own mean and biased variance over (N, H, W).
+                    residual: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None, backend=None):
+    """Training-mode BatchNorm, GELU (+ residual) of xg = x (* gate[n, c]) for x of shape
+    (N, C, H, W): GELU((xg - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]) (+ residual),
+    with the batch's own mean and biased variance of xg over (N, H, W). The gate (the
+    squeeze-and-excitation scale, (N, C), any float dtype) multiplies in float32, unrounded.
 
     Returns (output, mean, var): the output in x's dtype and memory format, the statistics
     in float32 (for running statistics; not differentiable). Differentiable in x (through
-    the statistics too), weight, bias and residual. Inputs as for affine_gelu, with
+    the statistics too), weight, bias, residual and gate. Inputs as for affine_gelu, with
     weight and bias in place of scale and shift; eps a positive float.
     """
     cm.check_tensor("x", x, ndim=4)
@@ -468,7 +562,11 @@ def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
         cm.check_tensor("residual", residual, ndim=4, dtypes=(x.dtype,), device=dev)
         cm.check_shape("residual", residual, x.shape)
         cm.layout_4d("residual", residual)
+    if gate is not None:
+        cm.check_tensor("gate", gate, ndim=2, device=dev)
+        cm.check_shape("gate", gate, tuple(x.shape[:2]))
+        cm.check_contiguous("gate", gate)
     backend = cm.resolve_backend(backend, x)
     if backend == "eager":
-        return batch_norm_gelu_eager(x, weight, bias, eps, residual)
-    return _batch_norm_gelu_op(x, weight, bias, float(eps), residual)
+        return batch_norm_gelu_eager(x, weight, bias, eps, residual, gate)
+    return _batch_norm_gelu_op(x, weight, bias, float(eps), residual, gate)

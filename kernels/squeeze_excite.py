@@ -11,7 +11,9 @@ and the sigmoid. The means (float32, N x C) are also written out for backward.
 Backward, two Triton launches:
     recompute z1 = m @ w1.T + b1, h = GELU(z1), s = sigmoid(h @ w2.T + b2)  (from saved m)
     dz2 = ds * s * (1 - s);  dh = dz2 @ w2;  dz1 = dh * GELU'(z1);  dm = dz1 @ w1
-    dr[n, c, :, :] = dm[n, c] / (H*W)                        (kernel 1, per sample block)
+    dr[n, c, :, :] = dm[n, c] / (H*W)                        (kernel 1, per sample block; it
+        writes dm / (H*W) as (N, C) and autograd hands it on broadcast over H and W,
+        so that the kernel adding it to the branch's other gradient reads (N, C), not a map)
     dw2 = dz2.T @ h, db2 = sum dz2, dw1 = dz1.T @ m, db1 = sum dz1   (kernel 2, per channel block)
 Per sample, the small matrix products run as broadcast-multiply-and-sum in float32:
 the hidden size (C/16) is far below what tensor cores want. Over the samples
@@ -93,9 +95,8 @@ def _fwd_kernel(r_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, m_ptr, N, C, S, CH
 
 @triton.jit
 def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                dr_ptr, dz2_ptr, dz1_ptr, h_ptr, N, C, S, CH,
-                CHANNELS_LAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
+                dmean_ptr, dz2_ptr, dz1_ptr, h_ptr, N, C, S, CH,
+                BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     hid = tl.arange(0, BLOCK_H)
@@ -128,19 +129,15 @@ def _bwd_kernel(ds_ptr, m_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
         dh += tl.sum(dz2[:, None, :] * w2[None, :, :], 2)
     dz1 = dh * gelu_grad_f32(z1)
     tl.store(dz1_ptr + n[:, None] * CH + hid[None, :], dz1, mask=hmask2)
-    # dm = dz1 @ w1, spread evenly over the H*W pixels
+    # dm = dz1 @ w1, each pixel's share of it: dm / (H*W)
     inv_s = 1.0 / S
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
         w1 = _w1_block(w1_ptr, hid, hmask, cols, cmask, C)
         dm = tl.sum(dz1[:, :, None] * w1[None, :, :], 1) * inv_s                # (BN, BC)
-        val = (dm[:, None, :] + tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], dtype=tl.float32))
-        val = cast_to(val, dr_ptr.dtype.element_ty)
-        for s0 in range(0, S, BLOCK_S):
-            pix = s0 + tl.arange(0, BLOCK_S)
-            mask = nmask[:, None, None] & (pix < S)[None, :, None] & cmask[None, None, :]
-            tl.store(dr_ptr + _offsets(n, pix, cols, C, S, CHANNELS_LAST), val, mask=mask)
+        tl.store(dmean_ptr + n[:, None] * C + cols[None, :], cast_to(dm, dmean_ptr.dtype.element_ty),
+                 mask=nmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -221,22 +218,20 @@ def _backward(ds, r, m, w1, b1, w2, b2):
     n, c, h, w = r.shape
     ch = w1.shape[0]
     ds = ds.contiguous()
-    dr = cm.empty_like(r)
+    dmean = cm.empty((n, c), r.dtype, r.device)
     dz2 = cm.empty((n, c), torch.float32, r.device)
     dz1 = cm.empty((n, ch), torch.float32, r.device)
     hid = cm.empty((n, ch), torch.float32, r.device)
     if n:
-        cl = cm.layout_4d("r", r)
-        bn, bs, bc, bh = _blocks(r, ch, w1.element_size())
-        cm.launcher(_bwd_kernel)[(triton.cdiv(n, bn),)](ds, m, w1, b1, w2, b2, dr, dz2, dz1, hid, n, c, h * w, ch,
-                                                        CHANNELS_LAST=cl, BLOCK_N=bn, BLOCK_S=bs, BLOCK_C=bc,
-                                                        BLOCK_H=bh, num_warps=NUM_WARPS)
+        bn, _, bc, bh = _blocks(r, ch, w1.element_size())
+        cm.launcher(_bwd_kernel)[(triton.cdiv(n, bn),)](ds, m, w1, b1, w2, b2, dmean, dz2, dz1, hid, n, c, h * w,
+                                                        ch, BLOCK_N=bn, BLOCK_C=bc, BLOCK_H=bh, num_warps=NUM_WARPS)
     dw1, db1 = cm.empty(tuple(w1.shape), w1.dtype, r.device), cm.empty(tuple(b1.shape), b1.dtype, r.device)
     dw2, db2 = cm.empty(tuple(w2.shape), w2.dtype, r.device), cm.empty(tuple(b2.shape), b2.dtype, r.device)
     if n == 0:
         for t in (dw1, db1, dw2, db2):
             t.zero_()
-        return dr, dw1, db1, dw2, db2
+        return dmean, dw1, db1, dw2, db2
     # tl.dot wants every dimension >= 16; padded rows and columns are masked to zero.
     # Wide hidden layers (not the network's) get short, unpipelined steps to stay in
     # shared memory and registers.
@@ -246,7 +241,7 @@ def _backward(ds, r, m, w1, b1, w2, b2):
     cm.launcher(_wgrad_kernel)[(triton.cdiv(c, bc),)](dz2, hid, dz1, m, dw1, db1, dw2, db2, n, c, ch,
                                                       BLOCK_K=64 if small else 16, BLOCK_C=bc, BLOCK_H=bh,
                                                       num_warps=4 if bh <= 64 else 8, num_stages=3 if small else 1)
-    return dr, dw1, db1, dw2, db2
+    return dmean, dw1, db1, dw2, db2
 
 
 # --------------------------------------------------------------------------- registration
@@ -255,7 +250,7 @@ def _squeeze_excite_fake(r, w1, b1, w2, b2):
     return r.new_empty((n, c)), r.new_empty((n, c), dtype=torch.float32)
 
 
-@cm.register_op("squeeze_excite", fake=_squeeze_excite_fake)
+@cm.register_op("squeeze_excite_nc", fake=_squeeze_excite_fake)
 def _squeeze_excite_op(r: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                        b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (gate s in r's dtype, float32 means m kept for backward)."""
@@ -263,11 +258,15 @@ def _squeeze_excite_op(r: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: 
 
 
 def _squeeze_excite_backward_fake(ds, r, m, w1, b1, w2, b2):
-    return (torch.empty_like(r), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
+    return (r.new_empty(r.shape[:2]), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
             w2.new_empty(w2.shape), b2.new_empty(b2.shape))
 
 
-@cm.register_op("squeeze_excite_backward", fake=_squeeze_excite_backward_fake)
+# Both ops are named "_nc" since the backward returns the r-gradient as (N, C): before, the
+# backward op returned the whole map, and torch's compile caches key a graph on its forward
+# ops' names and schemas, not on a custom op's backward (pytorch/pytorch#144344), so a cache
+# written by the earlier ops would hand back a backward expecting the map.
+@cm.register_op("squeeze_excite_backward_nc", fake=_squeeze_excite_backward_fake)
 def _squeeze_excite_backward_op(
         ds: torch.Tensor, r: torch.Tensor, m: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
         w2: torch.Tensor, b2: torch.Tensor
@@ -284,7 +283,8 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, ds, _dm):
     r, m, w1, b1, w2, b2 = ctx.saved_tensors
-    return _squeeze_excite_backward_op(ds, r, m, w1, b1, w2, b2)
+    dmean, dw1, db1, dw2, db2 = _squeeze_excite_backward_op(ds, r, m, w1, b1, w2, b2)
+    return dmean[:, :, None, None].expand(r.shape), dw1, db1, dw2, db2
 
 
 _squeeze_excite_op.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -148,8 +148,12 @@ def main():
             [t(*shape), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(*shape),
              t(*shape, grad=False, dtype=torch.float32)]),
         "batch_norm_gelu channels_last + residual": (
-            weighted(lambda x, w, b, r: ag._batch_norm_gelu_op(x, w, b, 1e-5, r)[0]),
+            weighted(lambda x, w, b, r: ag._batch_norm_gelu_op(x, w, b, 1e-5, r, None)[0]),
             [t(*shape, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(*shape, **cl),
+             t(*shape, **cl, grad=False, dtype=torch.float32)]),
+        "batch_norm_gelu channels_last, gated": (
+            weighted(lambda x, w, b, g: ag._batch_norm_gelu_op(x, w, b, 1e-5, None, g)[0]),
+            [t(*shape, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(2, 8),
              t(*shape, **cl, grad=False, dtype=torch.float32)]),
         "squeeze_excite": (
             weighted(lambda r, w1, b1, w2, b2: se._squeeze_excite_op(r, w1, b1, w2, b2)[0]),

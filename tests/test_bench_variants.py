@@ -28,10 +28,9 @@ TINY = ["--device", "cpu", "--base-width", "8", "--epochs", "2", "--batch-size",
 # One training step of the seed network with --kernels triton: 8 BatchNorm-apply + GELU,
 # 2 squeeze-and-excitation gates and 2 channel scalings, forward and backward.
 STEP_LAUNCHES = {"affine_gelu._fwd_kernel": 8, "affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8,
-                 "affine_gelu._bn_dx_kernel": 8,
+                 "affine_gelu._bn_dx_kernel": 6, "affine_gelu._bn_gate_dx_kernel": 2,
                  "squeeze_excite._fwd_kernel": 2, "squeeze_excite._bwd_kernel": 2,
-                 "squeeze_excite._wgrad_kernel": 2, "channel_scale._fwd_kernel": 2,
-                 "channel_scale._bwd_cl_kernel": 2}
+                 "squeeze_excite._wgrad_kernel": 2}
 
 
 def load(name, filename):

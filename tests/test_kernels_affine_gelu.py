@@ -131,58 +131,66 @@ def test_affine_gelu_half_rounds_once(channels_last, dtype, param_dtype, residua
 EPS = 1e-5
 
 
-def batch_norm_gelu_output(x, weight, bias, residual, backend=None):
+def batch_norm_gelu_output(x, weight, bias, residual, gate, backend=None):
     """batch_norm_gelu's output alone (check_against_eager differentiates one tensor)."""
     if backend is None:                                   # the float64 twin, called as twin(*inputs)
-        return kernels.batch_norm_gelu_eager(x, weight, bias, EPS, residual)[0]
-    return kernels.batch_norm_gelu(x, weight, bias, EPS, residual, backend=backend)[0]
+        return kernels.batch_norm_gelu_eager(x, weight, bias, EPS, residual, gate)[0]
+    return kernels.batch_norm_gelu(x, weight, bias, EPS, residual, gate, backend=backend)[0]
 
 
-def _bn_inputs(shape, dtype, channels_last, residual):
-    c = shape[1]
+def _bn_inputs(shape, dtype, channels_last, residual, gate=False):
+    n, c = shape[:2]
     x = make(shape, dtype, channels_last, scale=2.0, shift=0.5)
     weight = make((c,), torch.float32, scale=0.3, shift=1.0)
     bias = make((c,), torch.float32, scale=0.5)
-    return [x, weight, bias, make(shape, dtype, channels_last) if residual else None]
+    return [x, weight, bias, make(shape, dtype, channels_last) if residual else None,
+            make((n, c), dtype, scale=0.2, shift=0.8) if gate else None]
 
 
+@pytest.mark.parametrize("gate", [False, True], ids=["", "gated"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [(2, 512, 3, 3), (3, 40, 5, 7), (1, 3, 3, 3)], ids=str)
-def test_batch_norm_gelu(shape, channels_last, dtype, residual):
-    """Output and the gradients of x (through the batch statistics), weight, bias and residual."""
-    inputs = _bn_inputs(shape, dtype, channels_last, residual)
+@pytest.mark.parametrize("shape", [(2, 512, 3, 3), (3, 40, 5, 7), (2, 3, 3, 3)], ids=str)
+def test_batch_norm_gelu(shape, channels_last, dtype, residual, gate):
+    """Output and the gradients of x (through the batch statistics), weight, bias,
+    residual and gate (a sum over each sample's pixels). At least two samples: with one,
+    BatchNorm undoes any per-channel gate and its exact gradient is 0 (all cancellation)."""
+    inputs = _bn_inputs(shape, dtype, channels_last, residual, gate)
     g = torch.randn(shape, device=DEVICE, dtype=dtype)
-    y = check_against_eager(batch_norm_gelu_output, batch_norm_gelu_output, inputs, g, dtype, reduced=(2, 3),
+    reduced = (2, 3) + ((4 + residual,) if gate else ())
+    y = check_against_eager(batch_norm_gelu_output, batch_norm_gelu_output, inputs, g, dtype, reduced=reduced,
                             what=f"batch_norm_gelu{shape}")[0]
     assert y.stride() == inputs[0].stride(), "output must keep x's memory format"
-    _, mean, var = kernels.batch_norm_gelu(*inputs[:3], EPS, inputs[3], backend="triton")
-    expected_var, expected_mean = torch.var_mean(inputs[0].detach().float(), dim=(0, 2, 3), correction=0)
+    _, mean, var = kernels.batch_norm_gelu(*inputs[:3], EPS, *inputs[3:], backend="triton")
+    gated = inputs[0].detach().float() * (1 if not gate else inputs[4].detach().float()[:, :, None, None])
+    expected_var, expected_mean = torch.var_mean(gated, dim=(0, 2, 3), correction=0)
     torch.testing.assert_close(mean, expected_mean)
     torch.testing.assert_close(var, expected_var)
     assert not mean.requires_grad and not var.requires_grad
 
 
-def test_batch_norm_gelu_backward_is_batchnorms_through_its_statistics():
-    """The kernel's gradients (float32, interpreter) against PyTorch's own training-mode
-    BatchNorm + GELU in float64, differentiated by autograd: the two passes' formula, not
-    only the twin, is right."""
-    x, weight, bias, residual = _bn_inputs((4, 6, 5, 3), torch.float32, True, True)
-    g = torch.randn(x.shape, device=DEVICE)
-    out_k, grads_k = run(lambda *a: kernels.batch_norm_gelu(*a[:3], EPS, a[3], backend="triton")[0],
-                         [x, weight, bias, residual], g)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_batch_norm_gelu_backward_is_batchnorms_through_its_statistics(channels_last):
+    """The kernel's gradients (float32, interpreter) against PyTorch's own channel scaling,
+    training-mode BatchNorm + GELU in float64, differentiated by autograd: the two passes'
+    formula, not only the twin, is right."""
+    inputs = _bn_inputs((4, 6, 5, 3), torch.float32, channels_last, True, True)
+    g = torch.randn(inputs[0].shape, device=DEVICE)
+    out_k, grads_k = run(lambda *a: kernels.batch_norm_gelu(*a[:3], EPS, *a[3:], backend="triton")[0], inputs, g)
 
-    def reference(x, weight, bias, residual):
+    def reference(x, weight, bias, residual, gate):
+        x = x * gate[:, :, None, None]
         return F.gelu(F.batch_norm(x, None, None, weight, bias, training=True, eps=EPS)) + residual
-    out_r, grads_r = run(reference, as_f64([x, weight, bias, residual]), g.double())
+    out_r, grads_r = run(reference, as_f64(inputs), g.double())
     torch.testing.assert_close(out_k.double(), out_r, rtol=1e-5, atol=1e-5)
-    for name, a, b in zip(("x", "weight", "bias", "residual"), grads_k, grads_r):
+    for name, a, b in zip(("x", "weight", "bias", "residual", "gate"), grads_k, grads_r):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["", "gated"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_batch_norm_gelu_half_dx_rounds_once(channels_last):
+def test_batch_norm_gelu_half_dx_rounds_once(channels_last, gated):
     """Known answers for float16: the input gradient, computed in float32 and rounded once
     at the store, equals the exact (float64) gradient rounded once wherever float32's own
     error cannot reach a rounding midpoint. The bound on float32's error is taken from a
@@ -194,21 +202,24 @@ def test_batch_norm_gelu_half_dx_rounds_once(channels_last):
     x = uniform(shape, -2.0, 3.0, torch.float16)
     weight, bias = uniform((8,), 0.5, 1.5, torch.float32), uniform((8,), -0.5, 0.5, torch.float32)
     dy = uniform(shape, 0.5, 2.0, torch.float16)
+    gate = uniform(shape[:2], 0.5, 1.5, torch.float16) if gated else torch.ones(shape[:2], dtype=torch.float16)
     if channels_last:
         x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    y, _, _ = kernels.batch_norm_gelu(x, weight, bias, EPS, backend="triton")
+    y, _, _ = kernels.batch_norm_gelu(x, weight, bias, EPS, gate=gate if gated else None, backend="triton")
     dx, = torch.autograd.grad(y, [x], dy)
 
     def exact_dx(dtype):
         x_ = x.detach().to(dtype).requires_grad_(True)
-        out = F.gelu(F.batch_norm(x_, None, None, weight.to(dtype), bias.to(dtype), training=True, eps=EPS))
+        xg = x_ * gate.to(dtype)[:, :, None, None]
+        out = F.gelu(F.batch_norm(xg, None, None, weight.to(dtype), bias.to(dtype), training=True, eps=EPS))
         grad, = torch.autograd.grad(out, [x_], dy.to(dtype))
         return grad, out
     dx64, y64 = exact_dx(torch.float64)
     dx32, y32 = exact_dx(torch.float32)
-    scale = (weight.double() / torch.sqrt(x.detach().double().var((0, 2, 3), unbiased=False) + EPS))[:, None, None]
-    terms = (dy.double().abs() * scale).abs() + dx64.abs()
+    xg = x.detach().double() * gate.double()[:, :, None, None]
+    scale = (weight.double() / torch.sqrt(xg.var((0, 2, 3), unbiased=False) + EPS))[:, None, None]
+    terms = (dy.double().abs() * scale).abs() * gate.double()[:, :, None, None] + dx64.abs()
     assert_rounded_once(dx, dx64, 8 * (dx32.double() - dx64).abs() + 16 * U32 * terms, "batch_norm_gelu float16 dx")
     assert_rounded_once(y, y64, 8 * (y32.double() - y64).abs() + 16 * U32 * (y64.abs() + 1), "batch_norm_gelu float16 output")
 
@@ -227,3 +238,5 @@ def test_batch_norm_gelu_rejects_bad_input():
         f(x[:0], w, w, EPS, backend="triton")
     with pytest.raises(TypeError, match="residual"):
         f(x, w, w, EPS, residual=x.half(), backend="triton")
+    with pytest.raises(ValueError, match="gate"):
+        f(x, w, w, EPS, gate=torch.ones(2, 5, device=DEVICE), backend="triton")

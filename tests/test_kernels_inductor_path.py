@@ -40,18 +40,21 @@ EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
     "batch_norm_gelu channels_last + residual": (["affine_gelu._fwd_kernel"],
                                                  ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
                                                   "affine_gelu._bn_dx_kernel"]),
+    "batch_norm_gelu channels_last, gated": (["affine_gelu._fwd_kernel"],
+                                             ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
+                                              "affine_gelu._bn_gate_dx_kernel"]),
     "squeeze_excite": (["squeeze_excite._fwd_kernel"], ["squeeze_excite._bwd_kernel", "squeeze_excite._wgrad_kernel"]),
     "channel_scale": (["channel_scale._fwd_kernel"], ["channel_scale._bwd_cl_kernel"]),
     "patch_covariance": (["patch_covariance._patch_moments_kernel"], None),
 }
 # The network: 8 BatchNorm + GELU (stem, three in each full group, one in the short one;
-# backward: the sums pass, their finish, the dx pass), 2 squeeze-and-excitation gates and
-# 2 channel scalings, each launched directly.
+# backward: the sums pass, their finish, the dx pass; in each full group the last one
+# also applies the squeeze-and-excitation gate) and 2 squeeze-and-excitation gates, each
+# launched directly.
 NETWORK_LAUNCHES = (
-    {"affine_gelu._fwd_kernel": 8, "squeeze_excite._fwd_kernel": 2, "channel_scale._fwd_kernel": 2},
-    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8, "affine_gelu._bn_dx_kernel": 8,
-     "squeeze_excite._bwd_kernel": 2,
-     "squeeze_excite._wgrad_kernel": 2, "channel_scale._bwd_cl_kernel": 2},
+    {"affine_gelu._fwd_kernel": 8, "squeeze_excite._fwd_kernel": 2},
+    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8, "affine_gelu._bn_dx_kernel": 6,
+     "affine_gelu._bn_gate_dx_kernel": 2, "squeeze_excite._bwd_kernel": 2, "squeeze_excite._wgrad_kernel": 2},
 )
 
 

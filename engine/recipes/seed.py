@@ -243,8 +243,7 @@ class ConvGroup(nn.Module):
             return r
         gate = self.squeeze_excite(r)
         x = self.ops.norm_gelu(self.conv2(r), self.norm2)
-        x = self.ops.channel_scale(self.conv3(x), gate)
-        return self.ops.norm_gelu(x, self.norm3, residual=r)
+        return self.ops.norm_gelu(self.conv3(x), self.norm3, residual=r, gate=gate)
 
 
 class Network(nn.Module):

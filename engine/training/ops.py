@@ -25,14 +25,17 @@ from engine.options import KERNEL_CHOICES  # noqa: F401  (the engine's name for 
 class Ops:
     name: str                      # "eager" or "triton"
     gelu: Callable                 # gelu(x)
-    norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None) = GELU(BN(x)) (+ residual)
+    norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None, gate=None)
+                                   #   = GELU(BN(x * gate[:, :, None, None])) (+ residual)
     norm_silu: Callable            # norm_silu(x, batchnorm) = SiLU(BN(x)): no kernel of ours, both tables
     squeeze_excite: Callable       # squeeze_excite(r, w1, b1, w2, b2) -> (N, C) gate
     channel_scale: Callable        # channel_scale(x, s) = x * s[:, :, None, None]
     patch_covariance: Callable     # patch_covariance(images, kernel_size) -> (mean, cov), float64
 
 
-def _norm_gelu_eager(x, batchnorm, residual=None):
+def _norm_gelu_eager(x, batchnorm, residual=None, gate=None):
+    if gate is not None:
+        x = kernels.channel_scale_eager(x, gate)
     y = F.gelu(batchnorm(x))
     return y if residual is None else y + residual
 
@@ -43,19 +46,21 @@ def _norm_silu(x, batchnorm):
     return F.silu(batchnorm(x))
 
 
-def _norm_gelu_fused(x, batchnorm, residual=None):
+def _norm_gelu_fused(x, batchnorm, residual=None, gate=None):
     """BatchNorm with exact training-mode batch statistics (or running statistics in
-    eval mode), but the normalise-and-shift, GELU and residual add in one kernel; in
-    training, its backward (through the batch statistics) in two passes of ours."""
+    eval mode), but the gate, normalise-and-shift, GELU and residual add in one kernel; in
+    training, its backward (through the batch statistics and the gate) in two passes of ours."""
     if batchnorm.training:
         y, mean, var = kernels.batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps, residual,
-                                               backend="triton")
+                                               gate, backend="triton")
         with torch.no_grad():
             count = x.numel() // x.shape[1]
             unbiased = var * (count / max(count - 1, 1))
             batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
             batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
         return y
+    if gate is not None:
+        x = kernels.channel_scale(x, gate, backend="triton")
     scale = batchnorm.weight.float() * torch.rsqrt(batchnorm.running_var.float() + batchnorm.eps)
     shift = batchnorm.bias.float() - batchnorm.running_mean.float() * scale
     return kernels.affine_gelu(x, scale, shift, residual, backend="triton")
