@@ -57,6 +57,14 @@ def _rand(shape, dtype, cl=True, grad=True, scale=1.0):
     return t.requires_grad_(grad)
 
 
+def batch_norm_gelu_output(fn, eps=1e-12):
+    """fn(x, weight, bias[, residual, gate]) -> its output alone (the statistics are for the
+    running averages), at the seed recipe's eps."""
+    def output(x, weight, bias, residual=None, gate=None, **backend):
+        return fn(x, weight, bias, eps, residual, gate, **backend)[0]
+    return output
+
+
 def cases(dt=torch.float16):
     import kernels
     e = torch.empty((), dtype=dt).element_size()
@@ -76,6 +84,20 @@ def cases(dt=torch.float16):
             return ins + [_rand(s, dt) if res else None]
         out.append(Case("affine_gelu" + ("+res" if res else ""), s, make,
                         (3 if res else 2) * n * e, 3 * n * e))
+    # batch_norm_gelu, the training step's BatchNorm + GELU: stem, group1 (its last with the
+    # residual and the SE gate), group2, group3 (likewise). Forward: the statistics read x,
+    # the apply reads x (and the residual) and writes y; backward: the sums read x and dy,
+    # dx reads both and writes dx.
+    for s, last in (((512, 32, 31, 31), False), ((512, 128, 15, 15), False), ((512, 128, 15, 15), True),
+                    ((512, 256, 7, 7), False), ((512, 512, 3, 3), True)):
+        n, c = s[0] * s[1] * s[2] * s[3], s[1]
+
+        def make(s=s, c=c, last=last):
+            weight = torch.ones(c, device="cuda")
+            bias = _rand((c,), torch.float32, scale=0.1)
+            return [_rand(s, dt), weight, bias] + ([_rand(s, dt), _rand(s[:2], dt, scale=0.1) + 1.0] if last else [])
+        out.append(Case("batch_norm_gelu" + ("+res+gate" if last else ""), s, make,
+                        (4 if last else 3) * n * e, 5 * n * e))
     # squeeze_excite in group1 and group3
     for s, ch in (((512, 128, 15, 15), 8), ((512, 512, 3, 3), 32)):
         n, c = s[0] * s[1] * s[2] * s[3], s[1]
@@ -99,6 +121,8 @@ def cases(dt=torch.float16):
                         n * torch.empty((), dtype=pdt).element_size(), dtype=pdt, layout="contiguous"))
     fns = {"gelu": (kernels.gelu, kernels.gelu_eager),
            "affine_gelu": (kernels.affine_gelu, kernels.affine_gelu_eager),
+           "batch_norm_gelu": (batch_norm_gelu_output(kernels.batch_norm_gelu),
+                               batch_norm_gelu_output(kernels.batch_norm_gelu_eager)),
            "squeeze_excite": (kernels.squeeze_excite, kernels.squeeze_excite_eager),
            "channel_scale": (kernels.channel_scale, kernels.channel_scale_eager),
            "patch_covariance": (kernels.patch_covariance, kernels.patch_covariance_eager)}
@@ -112,6 +136,8 @@ SWEEP = {
                                             "BWD_TILE": [2048, 8192], "BWD_WARPS": [4],
                                             "BWD_PER_SM": [1, 4, 8]}),
     "squeeze_excite": ("kernels.squeeze_excite", {"LOAD_TILE": [1024, 4096], "NUM_WARPS": [8]}),
+    "batch_norm_gelu": ("kernels.affine_gelu", {"FWD_TILE": [1024, 4096], "BWD_TILE": [2048, 8192],
+                                                "BWD_PER_SM": [1, 4, 8]}),
     "channel_scale": ("kernels.channel_scale", {"FWD_TILE": [1024, 4096], "FWD_WARPS": [8],
                                                 "BWD_TILE": [2048, 8192], "BWD_WARPS": [4]}),
     "patch_covariance": ("kernels.patch_covariance", {"TILE_HALF": [2048, 8192], "WARPS_HALF": [4],
