@@ -150,11 +150,8 @@ def _bwd_nchw_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, psca
 
 
 @triton.jit
-def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
-                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out1[c] = sum_p p1[p, c], out2 likewise, stored in the outputs' dtypes."""
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
+def _column_sums(p1_ptr, p2_ptr, P, C, cols, cmask, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(sum_p p1[p, cols], sum_p p2[p, cols]) in float32 of two (P, C) partial-sum tables."""
     acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
@@ -163,8 +160,18 @@ def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
         offs = rows[:, None] * C + cols[None, :]
         acc1 += tl.load(p1_ptr + offs, mask=mask, other=0.0)
         acc2 += tl.load(p2_ptr + offs, mask=mask, other=0.0)
-    tl.store(out1_ptr + cols, cast_to(tl.sum(acc1, 0), out1_ptr.dtype.element_ty), mask=cmask)
-    tl.store(out2_ptr + cols, cast_to(tl.sum(acc2, 0), out2_ptr.dtype.element_ty), mask=cmask)
+    return tl.sum(acc1, 0), tl.sum(acc2, 0)
+
+
+@triton.jit
+def _sum_rows_kernel(p1_ptr, p2_ptr, out1_ptr, out2_ptr, P, C,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out1[c] = sum_p p1[p, c], out2 likewise, stored in the outputs' dtypes."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    sum1, sum2 = _column_sums(p1_ptr, p2_ptr, P, C, cols, cmask, BLOCK_P, BLOCK_C)
+    tl.store(out1_ptr + cols, cast_to(sum1, out1_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out2_ptr + cols, cast_to(sum2, out2_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -175,16 +182,8 @@ def _bn_finish_kernel(p1_ptr, p2_ptr, mean_ptr, rstd_ptr, scale_ptr, dweight_ptr
     coefficients k = rstd * dweight / count, cx = -scale * k, c0 = scale * (k * mean - B / count)."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for p0 in range(0, P, BLOCK_P):
-        rows = p0 + tl.arange(0, BLOCK_P)
-        mask = (rows < P)[:, None] & cmask[None, :]
-        offs = rows[:, None] * C + cols[None, :]
-        acc1 += tl.load(p1_ptr + offs, mask=mask, other=0.0)
-        acc2 += tl.load(p2_ptr + offs, mask=mask, other=0.0)
-    sum_dz_x = tl.sum(acc1, 0)
-    sum_dz = tl.sum(acc2, 0)
+    sum1, sum2 = _column_sums(p1_ptr, p2_ptr, P, C, cols, cmask, BLOCK_P, BLOCK_C)
+    sum_dz_x, sum_dz = sum1, sum2
     mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
     rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
     scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
@@ -493,6 +492,21 @@ def affine_gelu_eager(x, scale, shift, residual=None):
     return y if residual is None else y + residual
 
 
+def _check_inputs(x, per_channel: dict, residual):
+    """x (N, C, H, W) in a supported dtype and layout; each per-channel tensor (C,) and
+    contiguous on x's device; the residual, if any, x's shape and dtype."""
+    cm.check_tensor("x", x, ndim=4)
+    for name, t in per_channel.items():
+        cm.check_tensor(name, t, ndim=1, device=x.device)
+        cm.check_shape(name, t, (x.shape[1],))
+        cm.check_contiguous(name, t)
+    cm.layout_4d("x", x)
+    if residual is not None:
+        cm.check_tensor("residual", residual, ndim=4, dtypes=(x.dtype,), device=x.device)
+        cm.check_shape("residual", residual, x.shape)
+        cm.layout_4d("residual", residual)
+
+
 def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                 residual: Optional[torch.Tensor] = None, backend=None) -> torch.Tensor:
     """GELU(x * scale[c] + shift[c]) (+ residual) for x of shape (N, C, H, W).
@@ -502,20 +516,7 @@ def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
     float16 x is fine). residual: x's shape and dtype, either memory format.
     Differentiable in x, scale, shift and residual; gradients come in each input's dtype.
     """
-    cm.check_tensor("x", x, ndim=4)
-    dev = x.device
-    cm.check_tensor("scale", scale, ndim=1, device=dev)
-    cm.check_tensor("shift", shift, ndim=1, device=dev)
-    c = x.shape[1]
-    cm.check_shape("scale", scale, (c,))
-    cm.check_shape("shift", shift, (c,))
-    cm.check_contiguous("scale", scale)
-    cm.check_contiguous("shift", shift)
-    cm.layout_4d("x", x)
-    if residual is not None:
-        cm.check_tensor("residual", residual, ndim=4, dtypes=(x.dtype,), device=dev)
-        cm.check_shape("residual", residual, x.shape)
-        cm.layout_4d("residual", residual)
+    _check_inputs(x, {"scale": scale, "shift": shift}, residual)
     backend = cm.resolve_backend(backend, x)
     if backend == "eager":
         return affine_gelu_eager(x, scale, shift, residual)
@@ -544,26 +545,13 @@ def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     the statistics too), weight, bias, residual and gate. Inputs as for affine_gelu, with
     weight and bias in place of scale and shift; eps a positive float.
     """
-    cm.check_tensor("x", x, ndim=4)
-    dev = x.device
-    cm.check_tensor("weight", weight, ndim=1, device=dev)
-    cm.check_tensor("bias", bias, ndim=1, device=dev)
-    c = x.shape[1]
-    cm.check_shape("weight", weight, (c,))
-    cm.check_shape("bias", bias, (c,))
-    cm.check_contiguous("weight", weight)
-    cm.check_contiguous("bias", bias)
-    cm.layout_4d("x", x)
+    _check_inputs(x, {"weight": weight, "bias": bias}, residual)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     if x.numel() == 0:
         raise ValueError(f"x has no elements (shape {tuple(x.shape)}): batch statistics need at least one")
-    if residual is not None:
-        cm.check_tensor("residual", residual, ndim=4, dtypes=(x.dtype,), device=dev)
-        cm.check_shape("residual", residual, x.shape)
-        cm.layout_4d("residual", residual)
     if gate is not None:
-        cm.check_tensor("gate", gate, ndim=2, device=dev)
+        cm.check_tensor("gate", gate, ndim=2, device=x.device)
         cm.check_shape("gate", gate, tuple(x.shape[:2]))
         cm.check_contiguous("gate", gate)
     backend = cm.resolve_backend(backend, x)
