@@ -291,26 +291,44 @@ def describe_node(node):
             "ops": [op for op, _ in ops.most_common(4)]}
 
 
+def plan_error_in(error: BaseException):
+    """The PlanError that `error` wraps (Inductor re-raises what its passes raise as its own
+    error, with the original as cause or context), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, PlanError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def user_kernel_bytes(kernel) -> int:
     """Bytes one of our Triton kernels reads and writes: each tensor argument its Triton IR
     loads from, once, and each it stores to, once (Inductor's own analysis of the kernel,
     UserDefinedTritonKernel.arg_accesses). Inductor's node-level count would also count
     every output as read (an output is a mutated argument) and an argument the kernel never
-    loads (a pointer passed only to fill a slot, like affine_gelu's residual without one)."""
-    try:
-        accesses = kernel.arg_accesses.read_writes
-        arguments = kernel.kernel_args
-    except AttributeError as error:
-        raise PlanError(f"torch internal UserDefinedTritonKernel.arg_accesses/kernel_args is missing "
-                        f"(torch {torch.__version__}): {error}") from None
+    loads (a pointer passed only to fill a slot, like affine_gelu's residual without one).
+    torch 2.11 analyses only the stores (UserDefinedTritonKernel.mutable_args): there every
+    tensor argument not stored to counts as read."""
+    accesses = getattr(kernel, "arg_accesses", None)
+    if accesses is not None and hasattr(kernel, "kernel_args"):
+        reads = [kernel.kernel_args.get(dep.name) for dep in accesses.read_writes.reads]
+        writes = [kernel.kernel_args.get(dep.name) for dep in accesses.read_writes.writes]
+    elif hasattr(kernel, "mutable_args") and hasattr(kernel, "inputs"):
+        writes = list(kernel.mutable_args)
+        written = {t.get_name() for t in writes}
+        reads = [t for t in kernel.inputs if t.get_name() not in written]
+    else:
+        raise PlanError(f"torch internal UserDefinedTritonKernel.arg_accesses (or mutable_args and inputs) is "
+                        f"missing (torch {torch.__version__}): bench/gpu_plan.py needs updating for this release")
 
-    def tensor_bytes(deps) -> int:
+    def tensor_bytes(tensors) -> int:
         seen, total = set(), 0
-        for dep in deps:
-            tensor = arguments.get(dep.name)
+        for tensor in tensors:
             if tensor is None or not hasattr(tensor, "get_size"):
                 continue
-            name = tensor.get_name() if hasattr(tensor, "get_name") else dep.name
+            name = tensor.get_name()
             if name in seen:
                 continue
             seen.add(name)
@@ -320,7 +338,7 @@ def user_kernel_bytes(kernel) -> int:
             total += numel * tensor.get_dtype().itemsize
         return total
 
-    return tensor_bytes(accesses.reads) + tensor_bytes(accesses.writes)
+    return tensor_bytes(reads) + tensor_bytes(writes)
 
 
 def origin_module(fx_node) -> str:
@@ -885,6 +903,12 @@ def main(argv=None) -> int:
                 print(text_report(plan), flush=True)
     except (PlanError, ValueError) as error:
         print(f"gpu_plan: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except Exception as error:          # noqa: BLE001 -- a PlanError raised inside Inductor's compile
+        cause = plan_error_in(error)
+        if cause is None:
+            raise
+        print(f"gpu_plan: {str(cause).splitlines()[0]}", file=sys.stderr)
         return 2
     if args.json:
         with open(args.json, "w") as f:

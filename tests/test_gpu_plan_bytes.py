@@ -56,6 +56,17 @@ def test_loads_and_stores_are_counted_once_each():
     assert plan.user_kernel_bytes(kernel(args, ["x_ptr"], ["x_ptr"])) == 2 * 1600
 
 
+def test_under_torch_2_11_what_is_not_stored_to_counts_as_read():
+    """torch 2.11's kernel node knows only the stored arguments (mutable_args) beside all its
+    tensor arguments (inputs)."""
+    plan = load_plan_module()
+    x = Buffer("buf0", (4, 8, 5, 5), torch.float16)
+    y = Buffer("buf1", (4, 8, 5, 5), torch.float16)
+    scale = Buffer("buf2", (8,), torch.float32)
+    node = SimpleNamespace(inputs=[x, x, scale, y], mutable_args=[y])
+    assert plan.user_kernel_bytes(node) == 1600 + 32 + 1600
+
+
 def test_a_kernel_without_the_analysis_is_one_line_naming_it():
     plan = load_plan_module()
     with pytest.raises(plan.PlanError, match="arg_accesses"):

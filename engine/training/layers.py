@@ -59,7 +59,9 @@ class _MaxPool2x2(torch.autograd.Function):
                                                                  torch.where(corner[2] == values, 2, 3)))
         ctx.save_for_backward(winner.to(torch.int8))
         ctx.shape, ctx.channels_last = x.shape, x.is_contiguous(memory_format=torch.channels_last)
-        return _like_input(values, ctx.channels_last)
+        # The maxima of x's strided corners come out in x's memory format. (No .contiguous()
+        # here: under torch.compile, torch 2.11 then hands this backward a zero gradient.)
+        return values
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,10 +77,6 @@ class _MaxPool2x2(torch.autograd.Function):
         won = winner[:, :, :, None, :, None] == position.view(2, 1, 2)        # (N, C, H/2, 2, W/2, 2)
         grad_in = torch.where(won, grad[:, :, :, None, :, None], zero)
         return F.pad(grad_in.reshape(n, c, h // 2 * 2, w // 2 * 2), (0, w % 2, 0, h % 2))
-
-
-def _like_input(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def stage_outputs(stem_output: torch.Tensor, groups) -> list[torch.Tensor]:
