@@ -164,7 +164,6 @@ def float64_eager_ops():
     float32 and the half types only)."""
     return dataclasses.replace(make_ops("eager"), gelu=kernels.gelu_eager,
                                squeeze_excite=kernels.squeeze_excite_eager,
-                               channel_scale=kernels.channel_scale_eager,
                                patch_covariance=kernels.patch_covariance_eager)
 
 

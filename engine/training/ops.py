@@ -1,8 +1,8 @@
 """The table of elementwise and reduction operations the network calls.
 
-The network never calls GELU, the BatchNorm-apply + GELU (+ residual), the
-squeeze-and-excitation gate, the channel scaling or the whitening covariance
-directly: it calls them through an `Ops` table, so `--kernels triton` swaps in
+The network never calls GELU, the BatchNorm + GELU (+ residual, + the
+squeeze-and-excitation gate's channel scaling), the squeeze-and-excitation gate
+or the whitening covariance directly: it calls them through an `Ops` table, so `--kernels triton` swaps in
 the hand-written Triton kernels without touching the model. Both tables use
 `kernels`' functions; they differ only in the backend they ask for and in how
 BatchNorm is applied.
@@ -29,7 +29,6 @@ class Ops:
                                    #   = GELU(BN(x * gate[:, :, None, None])) (+ residual)
     norm_silu: Callable            # norm_silu(x, batchnorm) = SiLU(BN(x)): no kernel of ours, both tables
     squeeze_excite: Callable       # squeeze_excite(r, w1, b1, w2, b2) -> (N, C) gate
-    channel_scale: Callable        # channel_scale(x, s) = x * s[:, :, None, None]
     patch_covariance: Callable     # patch_covariance(images, kernel_size) -> (mean, cov), float64
 
 
@@ -76,6 +75,5 @@ def make_ops(kind: str) -> Ops:
         norm_gelu=_norm_gelu_eager if kind == "eager" else _norm_gelu_fused,
         norm_silu=_norm_silu,
         squeeze_excite=partial(kernels.squeeze_excite, backend=backend),
-        channel_scale=partial(kernels.channel_scale, backend=backend),
         patch_covariance=partial(kernels.patch_covariance, backend=backend),
     )
