@@ -14,6 +14,8 @@ dtype, rank, shape or stride pattern raises a ValueError or TypeError naming it.
     batch_norm_gelu(x, weight, bias, eps, residual=None)
                                                 GELU(training-mode BatchNorm(x)) (+ residual),
                                                 its backward through the batch statistics
+    pool_batch_norm_gelu(x, weight, bias, eps)  batch_norm_gelu(max_pool2d(x, 2), ...), the pool folded
+                                                into its passes
     squeeze_excite(r, w1, b1, w2, b2)           sigmoid(fc2(GELU(fc1(mean_hw r))))
     channel_scale(x, s)                         x * s[:, :, None, None]
     patch_covariance(images, kernel_size=2)     float64 mean and covariance of k x k patches
@@ -23,11 +25,13 @@ from .affine_gelu import affine_gelu, affine_gelu_eager, batch_norm_gelu, batch_
 from .channel_scale import channel_scale, channel_scale_eager
 from .gelu import gelu, gelu_eager
 from .patch_covariance import patch_covariance, patch_covariance_eager
+from .pool_batch_norm_gelu import pool_batch_norm_gelu, pool_batch_norm_gelu_eager
 from .squeeze_excite import squeeze_excite, squeeze_excite_eager
 
 __all__ = [
     "BACKENDS", "default_backend",
-    "gelu", "affine_gelu", "batch_norm_gelu", "squeeze_excite", "channel_scale", "patch_covariance",
-    "gelu_eager", "affine_gelu_eager", "batch_norm_gelu_eager", "squeeze_excite_eager", "channel_scale_eager",
-    "patch_covariance_eager",
+    "gelu", "affine_gelu", "batch_norm_gelu", "pool_batch_norm_gelu", "squeeze_excite", "channel_scale",
+    "patch_covariance",
+    "gelu_eager", "affine_gelu_eager", "batch_norm_gelu_eager", "pool_batch_norm_gelu_eager", "squeeze_excite_eager",
+    "channel_scale_eager", "patch_covariance_eager",
 ]

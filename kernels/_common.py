@@ -168,8 +168,8 @@ def same_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- outputs
-# Tests switch this on so that every output and scratch buffer starts as NaN:
-# an element a kernel forgets to write then fails the comparison.
+# Tests switch this on so that every output and scratch buffer starts as NaN (an
+# integer one as -1): an element a kernel forgets to write then fails the comparison.
 _POISON = False
 
 
@@ -184,8 +184,9 @@ def poisoned_outputs(on: bool = True):
 
 
 def _poison(t: torch.Tensor) -> torch.Tensor:
-    if _POISON and t.is_floating_point():
-        t.fill_(float("nan"))
+    """NaN in a float buffer; -1 (no valid index) in an integer one."""
+    if _POISON:
+        t.fill_(float("nan") if t.is_floating_point() else -1)
     return t
 
 
@@ -194,7 +195,13 @@ def empty_like(t, dtype=None):
     return _poison(torch.empty_like(t, dtype=dtype))
 
 
-def empty(shape, dtype, device):
+def empty(shape, dtype, device, channels_last=False):
+    """Uninitialised tensor, contiguous or (4-d, channels_last) channels_last. (Made with
+    explicit strides: under torch.compile, torch.empty(memory_format=...) came out of
+    Inductor filled, one more write of the whole tensor.)"""
+    if channels_last:
+        n, c, h, w = shape
+        return _poison(torch.empty_strided(shape, (h * w * c, 1, w * c, c), dtype=dtype, device=device))
     return _poison(torch.empty(shape, dtype=dtype, device=device))
 
 

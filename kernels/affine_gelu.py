@@ -374,9 +374,10 @@ def _batch_norm_forward(x, weight, bias, eps, residual, gate):
     return _forward(x, scale, shift, residual, gate), mean, var
 
 
-def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate):
+def _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate):
+    """batch_norm_gelu's backward up to pass 2 (dy already in x's layout): (scale, shift, cx,
+    c0, dweight, dbias), the first four float32 per channel for pass 2's dx."""
     n, c, h, w = x.shape
-    dy = cm.same_layout(dy, x)
     rstd, scale, shift = _batch_affine(weight, bias, mean, var, eps)
     pscale, pshift, P = _channel_partials(dy, x, scale, shift, None, gate)
     dweight = cm.empty((c,), weight.dtype, x.device)
@@ -386,6 +387,13 @@ def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate):
     grid, block_p, block_c = _sum_launch(P, c)
     cm.launcher(_bn_finish_kernel)[grid](pscale, pshift, mean, rstd, scale, dweight, dbias, cx, c0, P, c,
                                          float(n * h * w), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=SUM_WARPS)
+    return scale, shift, cx, c0, dweight, dbias
+
+
+def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate):
+    n, c, h, w = x.shape
+    dy = cm.same_layout(dy, x)
+    scale, shift, cx, c0, dweight, dbias = _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate)
     dx = cm.empty_like(x)
     cl, R, L = _view(x)
     if gate is None:

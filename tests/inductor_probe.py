@@ -57,7 +57,7 @@ class TargetOnlyDriver:
 
 
 triton.runtime.driver.set_active(TargetOnlyDriver())
-MODULES = ["gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance"]
+MODULES = ["gelu", "affine_gelu", "pool_batch_norm_gelu", "squeeze_excite", "channel_scale", "patch_covariance"]
 mod = {name: sys.modules[f"kernels.{name}"] for name in MODULES}
 
 
@@ -130,8 +130,8 @@ def probe_network():
 
 
 def main():
-    ag, se, cs, ge, pc = (mod[n] for n in ("affine_gelu", "squeeze_excite", "channel_scale", "gelu",
-                                           "patch_covariance"))
+    ag, pb, se, cs, ge, pc = (mod[n] for n in ("affine_gelu", "pool_batch_norm_gelu", "squeeze_excite",
+                                               "channel_scale", "gelu", "patch_covariance"))
     # Each output is weighted by a gradient g of its own layout, as in the network: an
     # incoming gradient in another layout would be copied, and "copies" would count it.
     def weighted(op):
@@ -155,6 +155,10 @@ def main():
             weighted(lambda x, w, b, g: ag._batch_norm_gelu_op(x, w, b, 1e-5, None, g)[0]),
             [t(*shape, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(2, 8),
              t(*shape, **cl, grad=False, dtype=torch.float32)]),
+        "pool_batch_norm_gelu channels_last": (
+            weighted(lambda x, w, b: pb._pool_batch_norm_gelu_op(x, w, b, 1e-5)[0]),
+            [t(2, 8, 7, 7, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32),
+             t(2, 8, 3, 3, **cl, grad=False, dtype=torch.float32)]),
         "squeeze_excite": (
             weighted(lambda r, w1, b1, w2, b2: se._squeeze_excite_op(r, w1, b1, w2, b2)[0]),
             [t(2, 32, 3, 3, **cl), t(2, 32), t(2), t(32, 2), t(32), t(2, 32, grad=False, dtype=torch.float32)]),

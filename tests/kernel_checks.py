@@ -49,6 +49,11 @@ def make(shape, dtype, channels_last=False, scale=1.0, shift=0.0, requires_grad=
     return t.requires_grad_(requires_grad)
 
 
+def uniform(shape, low, high, dtype):
+    """Values drawn evenly from [low, high) in float64, then rounded to dtype."""
+    return (torch.rand(shape, device=DEVICE, dtype=torch.float64) * (high - low) + low).to(dtype)
+
+
 def run(fn, inputs, grad_out):
     """(output, gradients of every input that requires grad) for one backend."""
     out = fn(*inputs)

@@ -55,7 +55,8 @@ def test_each_variant_launches_what_its_name_says(plans):
     launched = {name for graph in triton["graphs"] if graph["calls_per_step"] for name in graph["our_kernels"]}
     # Every kernel the seed network calls, forward and backward, as Inductor's copies.
     assert {"affine_gelu._fwd_kernel", "affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
-            "affine_gelu._bn_dx_kernel", "affine_gelu._bn_gate_dx_kernel", "squeeze_excite._fwd_kernel",
+            "affine_gelu._bn_dx_kernel", "affine_gelu._bn_gate_dx_kernel", "pool_batch_norm_gelu._pool_stats_kernel",
+            "pool_batch_norm_gelu._bn_dx_unpool_kernel", "squeeze_excite._fwd_kernel",
             "squeeze_excite._bwd_kernel", "squeeze_excite._wgrad_kernel"} <= launched, launched
     for plan in (eager, triton):
         assert plan["batch_size"] == 16 and plan["dtype"] == "float16"

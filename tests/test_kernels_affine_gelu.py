@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernel_checks import (DEVICE, DTYPES, U32, poisoned_kernel_outputs, assert_rounded_once, as_f64, run,  # noqa: F401
+from kernel_checks import (DEVICE, DTYPES, U32, poisoned_kernel_outputs, assert_rounded_once, as_f64, run, uniform,  # noqa: F401
                            check_against_eager, make)
 
 SHAPES = [
@@ -78,10 +78,6 @@ def test_affine_gelu_rejects_bad_input():
 
 
 FUNCTION_ULPS = 4     # erf, exp: at most this many units of roundoff of their result
-
-
-def uniform(shape, low, high, dtype):
-    return (torch.rand(shape, device=DEVICE, dtype=torch.float64) * (high - low) + low).to(dtype)
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])

@@ -43,18 +43,23 @@ EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
     "batch_norm_gelu channels_last, gated": (["affine_gelu._fwd_kernel"],
                                              ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
                                               "affine_gelu._bn_gate_dx_kernel"]),
+    "pool_batch_norm_gelu channels_last": (["pool_batch_norm_gelu._pool_stats_kernel", "affine_gelu._fwd_kernel"],
+                                           ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
+                                            "pool_batch_norm_gelu._bn_dx_unpool_kernel"]),
     "squeeze_excite": (["squeeze_excite._fwd_kernel"], ["squeeze_excite._bwd_kernel", "squeeze_excite._wgrad_kernel"]),
     "channel_scale": (["channel_scale._fwd_kernel"], ["channel_scale._bwd_cl_kernel"]),
     "patch_covariance": (["patch_covariance._patch_moments_kernel"], None),
 }
 # The network: 8 BatchNorm + GELU (stem, three in each full group, one in the short one;
 # backward: the sums pass, their finish, the dx pass; in each full group the last one
-# also applies the squeeze-and-excitation gate) and 2 squeeze-and-excitation gates, each
-# launched directly.
+# also applies the squeeze-and-excitation gate; the first of each group has the max-pool
+# before it folded in: its statistics in the pool's pass, its dx pass writing the pool's
+# input gradient) and 2 squeeze-and-excitation gates, each launched directly.
 NETWORK_LAUNCHES = (
-    {"affine_gelu._fwd_kernel": 8, "squeeze_excite._fwd_kernel": 2},
-    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8, "affine_gelu._bn_dx_kernel": 6,
-     "affine_gelu._bn_gate_dx_kernel": 2, "squeeze_excite._bwd_kernel": 2, "squeeze_excite._wgrad_kernel": 2},
+    {"pool_batch_norm_gelu._pool_stats_kernel": 3, "affine_gelu._fwd_kernel": 8, "squeeze_excite._fwd_kernel": 2},
+    {"affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8, "affine_gelu._bn_dx_kernel": 3,
+     "pool_batch_norm_gelu._bn_dx_unpool_kernel": 3, "affine_gelu._bn_gate_dx_kernel": 2,
+     "squeeze_excite._bwd_kernel": 2, "squeeze_excite._wgrad_kernel": 2},
 )
 
 
@@ -111,6 +116,18 @@ def _exercise_affine_gelu(dtype, channels_last):
     check_against_eager(kernels.affine_gelu, kernels.affine_gelu_eager, inputs, g, dtype, reduced=(2, 3))
 
 
+def _exercise_pool_batch_norm_gelu(dtype, channels_last):
+    shape = (3, 40, 7, 6)
+    inputs = [make(shape, dtype, channels_last, scale=2.0), make((40,), torch.float32, scale=0.3, shift=1.0),
+              make((40,), torch.float32, scale=0.5)]
+    g = torch.randn(3, 40, 3, 3, device=DEVICE, dtype=dtype)
+    if channels_last:
+        g = g.contiguous(memory_format=torch.channels_last)
+    check_against_eager(lambda x, w, b, backend: kernels.pool_batch_norm_gelu(x, w, b, 1e-5, backend=backend)[0],
+                        lambda x, w, b: kernels.pool_batch_norm_gelu_eager(x, w, b, 1e-5)[0], inputs, g, dtype,
+                        reduced=(2, 3))
+
+
 def _exercise_squeeze_excite(dtype, channels_last):
     n, c, h, w, ch = 3, 64, 5, 5, 4
     inputs = [make((n, c, h, w), dtype, channels_last, shift=0.2), make((ch, c), dtype, scale=c ** -0.5),
@@ -136,6 +153,7 @@ def _exercise_patch_covariance(dtype, channels_last):
 
 
 EXERCISES = {"gelu": _exercise_gelu, "affine_gelu": _exercise_affine_gelu,
+             "pool_batch_norm_gelu": _exercise_pool_batch_norm_gelu,
              "squeeze_excite": _exercise_squeeze_excite, "channel_scale": _exercise_channel_scale,
              "patch_covariance": _exercise_patch_covariance}
 

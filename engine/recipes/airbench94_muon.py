@@ -205,7 +205,7 @@ class ConvGroup(nn.Module):
         self.norm2 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm_activation(self.pool(self.conv1(x)), self.norm1)
+        x = self.norm_activation(self.conv1(x), self.norm1, pool=self.pool)
         return self.norm_activation(self.conv2(x), self.norm2)
 
 

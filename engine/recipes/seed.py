@@ -238,7 +238,7 @@ class ConvGroup(nn.Module):
             self.norm3 = BatchNorm(channels_out, config.bn_eps, config.bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.ops.norm_gelu(self.pool(self.conv1(x)), self.norm1)
+        r = self.ops.norm_gelu(self.conv1(x), self.norm1, pool=self.pool)
         if not self.full:
             return r
         gate = self.squeeze_excite(r)

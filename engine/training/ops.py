@@ -25,39 +25,51 @@ from engine.options import KERNEL_CHOICES  # noqa: F401  (the engine's name for 
 class Ops:
     name: str                      # "eager" or "triton"
     gelu: Callable                 # gelu(x)
-    norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None, gate=None)
-                                   #   = GELU(BN(x * gate[:, :, None, None])) (+ residual)
-    norm_silu: Callable            # norm_silu(x, batchnorm) = SiLU(BN(x)): no kernel of ours, both tables
+    norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None, gate=None, pool=None)
+                                   #   = GELU(BN(pool(x) * gate[:, :, None, None])) (+ residual)
+    norm_silu: Callable            # norm_silu(x, batchnorm, pool=None) = SiLU(BN(pool(x))): no kernel of
+                                   #   ours, both tables
     squeeze_excite: Callable       # squeeze_excite(r, w1, b1, w2, b2) -> (N, C) gate
     patch_covariance: Callable     # patch_covariance(images, kernel_size) -> (mean, cov), float64
 
 
-def _norm_gelu_eager(x, batchnorm, residual=None, gate=None):
+def _norm_gelu_eager(x, batchnorm, residual=None, gate=None, pool=None):
+    if pool is not None:
+        x = pool(x)
     if gate is not None:
         x = kernels.channel_scale_eager(x, gate)
     y = F.gelu(batchnorm(x))
     return y if residual is None else y + residual
 
 
-def _norm_silu(x, batchnorm):
-    """SiLU(BN(x)) in plain PyTorch for both tables: there is no hand-written kernel for
-    it (under --compile Inductor fuses the BatchNorm apply and the SiLU itself)."""
-    return F.silu(batchnorm(x))
+def _norm_silu(x, batchnorm, pool=None):
+    """SiLU(BN(pool(x))) in plain PyTorch for both tables: there is no hand-written kernel
+    for it (under --compile Inductor fuses the BatchNorm apply and the SiLU itself)."""
+    return F.silu(batchnorm(x if pool is None else pool(x)))
 
 
-def _norm_gelu_fused(x, batchnorm, residual=None, gate=None):
+def _norm_gelu_fused(x, batchnorm, residual=None, gate=None, pool=None):
     """BatchNorm with exact training-mode batch statistics (or running statistics in
     eval mode), but the gate, normalise-and-shift, GELU and residual add in one kernel; in
-    training, its backward (through the batch statistics and the gate) in two passes of ours."""
+    training, its backward (through the batch statistics and the gate) in two passes of ours.
+    A 2x2 max-pool before it (`pool`, the network's MaxPool2x2) is folded into those passes
+    in training (pool_batch_norm_gelu) where there is no residual or gate."""
     if batchnorm.training:
-        y, mean, var = kernels.batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps, residual,
-                                               gate, backend="triton")
+        if pool is not None and residual is None and gate is None:
+            y, mean, var = kernels.pool_batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps,
+                                                        backend="triton")
+        else:
+            x = x if pool is None else pool(x)
+            y, mean, var = kernels.batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps, residual,
+                                                   gate, backend="triton")
         with torch.no_grad():
-            count = x.numel() // x.shape[1]
+            count = y.numel() // y.shape[1]
             unbiased = var * (count / max(count - 1, 1))
             batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
             batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
         return y
+    if pool is not None:
+        x = pool(x)
     if gate is not None:
         x = kernels.channel_scale(x, gate, backend="triton")
     scale = batchnorm.weight.float() * torch.rsqrt(batchnorm.running_var.float() + batchnorm.eps)
