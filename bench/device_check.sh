@@ -93,7 +93,7 @@ if [ "$quick" = 1 ]; then   # the headline pair only, fewer kernel tests and ops
   train_extra=(--variants eager,compile+triton --profile-steps 15)
   record_extra+=(--profile-steps 15)
   hiverge_extra=(--recipe hiverge --variants eager,compile --profile-steps 15)
-  kbench_extra=(--only batch_norm_gelu,squeeze_excite)   # the training step's heaviest kernels of ours
+  kbench_extra=(--only batch_norm_gelu,pool_batch_norm_gelu,squeeze_excite)   # the training step's heaviest kernels of ours
 else
   runs="${runs:-10}"; t_train=170; t_record=100; t_tests=60; t_kbench=40
   test_select="(kernels and not bfloat16) or (integration and not compile)"

@@ -65,6 +65,13 @@ def batch_norm_gelu_output(fn, eps=1e-12):
     return output
 
 
+def pool_batch_norm_gelu_output(fn, eps=1e-12):
+    """fn(x, weight, bias) -> its output alone, at the seed recipe's eps."""
+    def output(x, weight, bias, **backend):
+        return fn(x, weight, bias, eps, **backend)[0]
+    return output
+
+
 def cases(dt=torch.float16):
     import kernels
     e = torch.empty((), dtype=dt).element_size()
@@ -98,6 +105,18 @@ def cases(dt=torch.float16):
             return [_rand(s, dt), weight, bias] + ([_rand(s, dt), _rand(s[:2], dt, scale=0.1) + 1.0] if last else [])
         out.append(Case("batch_norm_gelu" + ("+res+gate" if last else ""), s, make,
                         (4 if last else 3) * n * e, 5 * n * e))
+    # pool_batch_norm_gelu, after each group's first convolution: the 2x2 max-pool, then
+    # BatchNorm + GELU. Forward: x read once, the pooled map, its winners (1 byte each) and
+    # y written; backward: the sums read the pooled map and dy, pass 2 reads both and the
+    # winners and writes dx at x's size.
+    for s in ((512, 128, 31, 31), (512, 256, 15, 15), (512, 512, 7, 7)):
+        n_in, c = s[0] * s[1] * s[2] * s[3], s[1]
+        n_out = s[0] * s[1] * (s[2] // 2) * (s[3] // 2)
+
+        def make(s=s, c=c):
+            return [_rand(s, dt), torch.ones(c, device="cuda"), _rand((c,), torch.float32, scale=0.1)]
+        out.append(Case("pool_batch_norm_gelu", s, make, n_in * e + 2 * n_out * e + n_out,
+                        4 * n_out * e + n_out + n_in * e))
     # squeeze_excite in group1 and group3
     for s, ch in (((512, 128, 15, 15), 8), ((512, 512, 3, 3), 32)):
         n, c = s[0] * s[1] * s[2] * s[3], s[1]
@@ -123,6 +142,8 @@ def cases(dt=torch.float16):
            "affine_gelu": (kernels.affine_gelu, kernels.affine_gelu_eager),
            "batch_norm_gelu": (batch_norm_gelu_output(kernels.batch_norm_gelu),
                                batch_norm_gelu_output(kernels.batch_norm_gelu_eager)),
+           "pool_batch_norm_gelu": (pool_batch_norm_gelu_output(kernels.pool_batch_norm_gelu),
+                                    pool_batch_norm_gelu_output(kernels.pool_batch_norm_gelu_eager)),
            "squeeze_excite": (kernels.squeeze_excite, kernels.squeeze_excite_eager),
            "channel_scale": (kernels.channel_scale, kernels.channel_scale_eager),
            "patch_covariance": (kernels.patch_covariance, kernels.patch_covariance_eager)}
@@ -138,6 +159,7 @@ SWEEP = {
     "squeeze_excite": ("kernels.squeeze_excite", {"LOAD_TILE": [1024, 4096], "NUM_WARPS": [8]}),
     "batch_norm_gelu": ("kernels.affine_gelu", {"FWD_TILE": [1024, 4096], "BWD_TILE": [2048, 8192],
                                                 "BWD_PER_SM": [1, 4, 8]}),
+    "pool_batch_norm_gelu": ("kernels.pool_batch_norm_gelu", {"FWD_TILE": [1024, 4096], "BWD_PER_SM": [1, 4, 8]}),
     "channel_scale": ("kernels.channel_scale", {"FWD_TILE": [1024, 4096], "FWD_WARPS": [8],
                                                 "BWD_TILE": [2048, 8192], "BWD_WARPS": [4]}),
     "patch_covariance": ("kernels.patch_covariance", {"TILE_HALF": [2048, 8192], "WARPS_HALF": [4],
