@@ -39,7 +39,6 @@ import csv
 import datetime
 import functools
 import importlib
-import pkgutil
 import json
 import os
 import re
@@ -410,8 +409,7 @@ def our_kernels() -> dict:
     from triton.runtime.jit import JITFunction
     import kernels
     found = {}
-    for module_name in sorted(m.name for m in pkgutil.iter_modules(kernels.__path__) if m.name != "_common"):
-        module = importlib.import_module(f"{kernels.__name__}.{module_name}")
+    for module_name, module in kernels.kernel_modules().items():
         for name, value in vars(module).items():
             if isinstance(value, JITFunction) and name.endswith("kernel"):      # not the helpers
                 definition = re.search(r"^def \w+\(.*?\):", value.src, re.S | re.M)

@@ -28,14 +28,12 @@ returns a note instead of failing.
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 
 import torch
 
 import kernels
 
-KERNEL_MODULES = ("gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance")
 COMPILED_REGION = "Torch-Compiled Region"
 GRAPH_LAUNCH = re.compile(r"^(cuda|cu)GraphLaunch")
 
@@ -55,8 +53,7 @@ class _Counted(Exception):
 def our_kernels() -> dict:
     """{name: kernel object} of every Triton kernel in kernels/*.py (names `_..._kernel`)."""
     found = {}
-    for module_name in KERNEL_MODULES:
-        module = sys.modules[f"{kernels.__name__}.{module_name}"]
+    for module_name, module in kernels.kernel_modules().items():
         for name, value in vars(module).items():
             if name.startswith("_") and name.endswith("kernel") and hasattr(value, "add_pre_run_hook"):
                 found[f"{module_name}.{name}"] = value

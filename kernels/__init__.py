@@ -28,8 +28,19 @@ from .patch_covariance import patch_covariance, patch_covariance_eager
 from .pool_batch_norm_gelu import pool_batch_norm_gelu, pool_batch_norm_gelu_eager
 from .squeeze_excite import squeeze_excite, squeeze_excite_eager
 
+
+
+def kernel_modules() -> dict:
+    """{name: module} of every kernel file of this package (all but _common), imported: what
+    tools that look for "our kernels" walk, so that a new file is never missed."""
+    import importlib
+    import pkgutil
+    return {m.name: importlib.import_module(f"{__name__}.{m.name}")
+            for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name) if m.name != "_common"}
+
+
 __all__ = [
-    "BACKENDS", "default_backend",
+    "BACKENDS", "default_backend", "kernel_modules",
     "gelu", "affine_gelu", "batch_norm_gelu", "pool_batch_norm_gelu", "squeeze_excite", "channel_scale",
     "patch_covariance",
     "gelu_eager", "affine_gelu_eager", "batch_norm_gelu_eager", "pool_batch_norm_gelu_eager", "squeeze_excite_eager",

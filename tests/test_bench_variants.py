@@ -25,10 +25,13 @@ from engine.training.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--device", "cpu", "--base-width", "8", "--epochs", "2", "--batch-size", "10", "--synthetic-size", "20"]
-# One training step of the seed network with --kernels triton: 8 BatchNorm-apply + GELU,
-# 2 squeeze-and-excitation gates and 2 channel scalings, forward and backward.
+# One training step of the seed network with --kernels triton: 8 BatchNorm + GELU (the first
+# of each group with the max-pool folded in: its statistics in the pool's kernel, its dx pass
+# writing the pool's input gradient; the last of each full group with the gate) and 2
+# squeeze-and-excitation gates, forward and backward.
 STEP_LAUNCHES = {"affine_gelu._fwd_kernel": 8, "affine_gelu._bwd_cl_kernel": 8, "affine_gelu._bn_finish_kernel": 8,
-                 "affine_gelu._bn_dx_kernel": 6, "affine_gelu._bn_gate_dx_kernel": 2,
+                 "affine_gelu._bn_dx_kernel": 3, "affine_gelu._bn_gate_dx_kernel": 2,
+                 "pool_batch_norm_gelu._pool_stats_kernel": 3, "pool_batch_norm_gelu._bn_dx_unpool_kernel": 3,
                  "squeeze_excite._fwd_kernel": 2, "squeeze_excite._bwd_kernel": 2,
                  "squeeze_excite._wgrad_kernel": 2}
 

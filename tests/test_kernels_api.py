@@ -6,7 +6,8 @@ import torch
 import kernels
 from kernel_checks import DEVICE, poisoned_kernel_outputs  # noqa: F401
 
-OPS = ("gelu", "affine_gelu", "squeeze_excite", "channel_scale", "patch_covariance")
+OPS = ("gelu", "affine_gelu", "batch_norm_gelu", "pool_batch_norm_gelu", "squeeze_excite", "channel_scale",
+       "patch_covariance")
 
 
 def test_exports():
