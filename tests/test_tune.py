@@ -6,6 +6,7 @@ PFLOP (engine/results/sweep.py train_flops, plots.plot_points)."""
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -180,7 +181,31 @@ def trials_in(optuna, storage: str, state: str) -> list:
 
 
 # --------------------------------------------------------------------------- two workers
+def process_state(pid: int) -> str:
+    """The state letter of process `pid` in /proc (T: stopped, Z: ended), X once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "X"
+
+
+def store_unlocked(path) -> bool:
+    """Whether a writer could take the SQLite file `path` now, asked without waiting."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA busy_timeout = 0")
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc (Linux)")
 def test_two_worker_processes_share_one_sqlite_store(tmp_path):
     """Worker A takes a trial and is stopped (SIGSTOP) while it runs; worker B (as torchrun's
     rank 1 would be) runs the others on the same store; A resumes and finishes its own. Every
@@ -194,9 +219,18 @@ def test_two_worker_processes_share_one_sqlite_store(tmp_path):
     stopped = False
     try:
         poll_until(lambda: a.poll() is not None or bool(trials_in(optuna, storage, "RUNNING")), 0.05)
-        if a.poll() is None:
+        # Stopped in the middle of a write, A would hold the store's lock for as long as it stays
+        # stopped and lock B out: stop it again until it is stopped outside one.
+        while a.poll() is None:
             a.send_signal(signal.SIGSTOP)
-            stopped = True
+            poll_until(lambda: process_state(a.pid) in "TtZX")
+            if process_state(a.pid) not in "Tt":           # A ended first
+                break
+            if store_unlocked(tmp_path / "study.optuna.db"):
+                stopped = True
+                break
+            a.send_signal(signal.SIGCONT)
+            poll_until(lambda: process_state(a.pid) not in "Tt")
         torchrun_rank_1 = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}   # B: a rank above 0
         b = subprocess.Popen([*command, "--trials", "3"], env=torchrun_rank_1, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
