@@ -515,6 +515,12 @@ def _check_inputs(x, per_channel: dict, residual):
         cm.layout_4d("residual", residual)
 
 
+def _check_eps(eps):
+    """BatchNorm's eps: a positive int or float (not a bool)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+
+
 def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                 residual: Optional[torch.Tensor] = None, backend=None) -> torch.Tensor:
     """GELU(x * scale[c] + shift[c]) (+ residual) for x of shape (N, C, H, W).
@@ -554,8 +560,7 @@ def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     weight and bias in place of scale and shift; eps a positive float.
     """
     _check_inputs(x, {"weight": weight, "bias": bias}, residual)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    _check_eps(eps)
     if x.numel() == 0:
         raise ValueError(f"x has no elements (shape {tuple(x.shape)}): batch statistics need at least one")
     if gate is not None:

@@ -29,7 +29,8 @@ import triton.language as tl
 
 from . import _common as cm
 from ._common import cast_to, gelu_grad_f32
-from .affine_gelu import (BWD_PER_SM, FWD_TILE, FWD_WARPS, _batch_affine, _batch_norm_pass1, _check_inputs, _tile,
+from .affine_gelu import (BWD_PER_SM, FWD_TILE, FWD_WARPS, _batch_affine, _batch_norm_pass1, _check_eps, _check_inputs,
+                          _tile,
                           batch_norm_gelu_eager)
 from .affine_gelu import _forward as _affine_gelu_forward
 
@@ -174,7 +175,7 @@ def _backward(dy, p, win, weight, bias, mean, var, eps, height, width, channels_
 # --------------------------------------------------------------------------- registration
 def _pool_batch_norm_gelu_fake(x, weight, bias, eps):
     n, c, h, w = x.shape
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    cl = cm.layout_4d("x", x)
     pooled = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device,
                          memory_format=torch.channels_last if cl else torch.contiguous_format)
     stat = x.new_empty((c,), dtype=torch.float32)
@@ -206,7 +207,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, eps = inputs
     _, mean, var, p, win = output
     ctx.eps, ctx.height, ctx.width = eps, x.shape[2], x.shape[3]
-    ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    ctx.channels_last = cm.layout_4d("x", x)
     ctx.mark_non_differentiable(mean, var, p, win)
     ctx.save_for_backward(p, win, weight, bias, mean, var)
 
@@ -238,8 +239,7 @@ def pool_batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     first maximum gets it), weight and bias. Inputs as for batch_norm_gelu.
     """
     _check_inputs(x, {"weight": weight, "bias": bias}, None)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    _check_eps(eps)
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] < 2 or x.shape[3] < 2:
         raise ValueError(f"x has shape {tuple(x.shape)}: the 2x2 pool needs H and W of at least 2, and batch "
                          f"statistics at least one sample and channel")
