@@ -60,9 +60,18 @@ def test_the_child_process_really_runs_as_another_machine():
     assert result.stdout.split() == ["DEFAULT", "1"]
 
 
+# Left out of the child: the compiled step against eager. Its tolerance is Inductor's reordering,
+# and Inductor's CPU code in the tests is scalar on every machine (tests/conftest.py); the eager
+# numbers it compares with are the other tests' here. Compiling it again cost the suite a minute.
+NOT_IN_THE_CHILD = ["tests/test_recipe_airbench94_muon.py::"
+                    "test_compiled_step_and_update_match_eager_and_runs_never_recompile"]
+
+
 @pytest.mark.slow
 def test_the_numerics_tests_pass_on_another_cpu_and_thread_count():
     assert all((ROOT / name).is_file() for name in NUMERICS_TESTS)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NUMERICS_TESTS],
-                            cwd=ROOT, env=other_machine_environment(), capture_output=True, text=True)
+    left_out = [arg for test in NOT_IN_THE_CHILD for arg in ("--deselect", test)]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *left_out,
+                             *NUMERICS_TESTS], cwd=ROOT, env=other_machine_environment(), capture_output=True,
+                            text=True)
     assert result.returncode == 0, f"under {narrower_isa()}, scalar ATen, 1 thread:\n{result.stdout[-6000:]}"
