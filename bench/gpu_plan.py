@@ -4,7 +4,8 @@
                              [--set FIELD=VALUE ...] [--json PATH] [--results DIR] [--top N]
 
 For each recipe (default: seed, airbench94-muon, hiverge; a recipe file's path
-works too) and kernel variant (default: eager and triton, both compiled), at the
+works too) and kernel variant (default: eager and triton, both compiled; and
+`release`, see below), at the
 recipe's own batch size and dtype (float16, channels_last), Inductor generates
 its CUDA code for every graph of one training step (the compiled forward +
 loss, its backward, the compiled optimizer update) for a stand-in H100/H200
@@ -17,11 +18,19 @@ inner compile, whose wrapper code and scheduler are read. It reports, per step:
   bytes         read + written per scheduler node (kernel or extern call), and in all
   flops         matmul and convolution FLOPs (torch.utils.flop_counter on each graph)
   outside       aten ops that run outside compiled regions in the training loop
-                (learning-rate fills, loss/accuracy sums, EMA) and in the loader's epoch
+                (learning-rate fills, loss/accuracy sums, EMA) and in the loader's epoch,
+                with the bytes they read + write and their matmul FLOPs
   predicted     seconds per step and per run on an H100 and an H200, from the model in
                 bench/NOTES.md ("The plan's time model")
   heaviest      the kernels moving the most bytes, each named with the network
                 operation (module path and aten ops) it comes from
+
+`--kernels release` plans a record's step as its released script compiles it
+(RELEASES below: airbench94-muon and hiverge): the recipe's network in plain
+PyTorch modules (nn.MaxPool2d, nn.BatchNorm2d; none of our kernels or pool),
+compiled where the script compiles it, the rest counted as eager operations, the
+network's graphs replayed as CUDA graphs (their mode, max-autotune). Not their
+code: their arithmetic and their compile scope, in ours.
 
 A text table goes to stdout; --json writes everything; --results DIR appends
 one row per recipe and variant to DIR/plan.csv and the whole plan as one line
@@ -64,12 +73,23 @@ CARDS = {
 LAUNCH_OVERHEAD = 5e-6          # seconds per launch without a CUDA graph (NOTES.md)
 DEFAULT_RECIPES = ("seed", "airbench94-muon", "hiverge")
 VARIANTS = ("eager", "triton")
+# How the records' released scripts compile their training step (read from the scripts; both
+# with mode "max-autotune", which replays the compiled network as CUDA graphs):
+#   "model"         airbench94_muon.py: model.compile(); the loss and its backward run eagerly
+#   "forward_loss"  hiverge's cifar10_speedrun.py: model.compile() and the forward + loss +
+#                   backward step compiled (the backward is the forward's compiled backward)
+# Both run their optimizers outside those graphs (fused SGD; Muon's foreach operations with a
+# compiled Newton-Schulz). The plan compiles the update as one graph (as ours) without a CUDA
+# graph: as few launches and bytes as their optimizers can have, so a lower bound of theirs.
+RELEASES = {"airbench94-muon": "model", "hiverge": "forward_loss"}
+RELEASE = "release"
 TENSOR_KINDS = ("forward", "backward", "update")
 CSV_FIELDS = ("date", "commit", "recipe", "kernels", "batch_size", "dtype", "torch", "triton",
               "launches", "launches_ours", "launches_inductor", "extern_calls", "bytes_gb", "extern_gb",
               "gflop", "outside_ops", "graphs", "predicted_ms_step_h100", "predicted_ms_step_h200",
               "predicted_s_run_h100", "predicted_s_run_h200", "predicted_s_run_cuda_graphs_h100",
-              "predicted_s_run_cuda_graphs_h200", "steps_per_run")
+              "predicted_s_run_cuda_graphs_h200", "steps_per_run", "outside_gb", "outside_gflop",
+              "launches_graphed", "run_gb", "run_launches_not_graphed")
 
 
 class PlanError(RuntimeError):
@@ -231,6 +251,7 @@ class Recorder:
         self.measuring = False
         self.function = None        # "forward_loss" or "update": the compiled function being traced
         self.inside = 0             # >0 while a compiled graph runs (outside-op counting)
+        self.graphed = ()           # the compiled functions whose graphs replay as CUDA graphs
         self._pending = None        # the graph Inductor is lowering now
 
     @contextmanager
@@ -476,6 +497,7 @@ def plan_backend(recorder: Recorder, run_mode):
             FakeTensorProp(cuda_gm, fake_mode).propagate_dont_convert_inputs(*cuda_inputs)
         index = len(recorder.graphs)
         recorder._pending = {"index": index, "function": recorder.function, "kind": kind,
+                             "graphed": recorder.function in recorder.graphed,
                              "flops": graph_flops(cuda_gm), "code": None, "nodes": None}
         try:
             compile_fx_inner(cuda_gm, cuda_inputs, **kwargs)
@@ -524,18 +546,36 @@ def recording(recorder: Recorder):
 
 
 class OutsideOps(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the aten ops that run while no compiled graph does (the training loop's own)."""
+    """Counts the aten ops that run while no compiled graph does (the training loop's own),
+    the bytes they read + write (every tensor argument and result, whole) and their matmul
+    and convolution FLOPs (torch.utils.flop_counter's formulas)."""
+
+    VIEWS = ("detach", "alias", "view", "_unsafe_view", "t", "lift_fresh", "device", "transpose",
+             "permute", "expand", "slice", "select", "unsqueeze", "squeeze", "as_strided", "_reshape_alias")
 
     def __init__(self, recorder: Recorder):
         super().__init__()
         self.recorder, self.ops = recorder, Counter()
+        self.bytes = self.flops = 0
+
+    def reset(self):
+        self.ops, self.bytes, self.flops = Counter(), 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils.flop_counter import flop_registry
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if not self.recorder.inside and self.recorder.measuring:
             name = func.__name__.split(".")[0]
-            if name not in ("detach", "alias", "view", "_unsafe_view", "t", "lift_fresh", "device"):
+            if name not in self.VIEWS:
                 self.ops[name] += 1
-        return func(*args, **(kwargs or {}))
+                tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
+                           if isinstance(t, torch.Tensor)]
+                self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+                packet = func.overloadpacket
+                if packet in flop_registry:
+                    self.flops += int(flop_registry[packet](*args, **kwargs, out_val=out))
+        return out
 
 
 # --------------------------------------------------------------------------- one plan
@@ -558,6 +598,25 @@ def fake_network(model, fake_mode):
     return model
 
 
+def released_network(model):
+    """`model` with the plain PyTorch modules of the records' scripts: every MaxPool2x2 an
+    nn.MaxPool2d(2), every BatchNorm an nn.BatchNorm2d on the same tensors (each counting
+    its own batches). In place; returns `model`."""
+    from engine.training.layers import BatchNorm, MaxPool2x2
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, MaxPool2x2):
+                setattr(module, name, torch.nn.MaxPool2d(2))
+            elif isinstance(child, BatchNorm):
+                plain = torch.nn.BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum)
+                plain.weight, plain.bias = child.weight, child.bias
+                plain.running_mean, plain.running_var = child.running_mean, child.running_var
+                plain.num_batches_tracked = child.num_batches_tracked
+                plain.train(child.training)
+                setattr(module, name, plain)
+    return model
+
+
 def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float16) -> dict:
     """The plan of one compiled training step of `recipe_spec` with `--kernels variant`."""
     import numpy as np
@@ -569,17 +628,24 @@ def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float1
     from engine.training.optim import Optimizers
 
     recipe = find_recipe(recipe_spec)
+    release = RELEASES.get(recipe.name) if variant == RELEASE else None
+    if variant == RELEASE and release is None:
+        raise PlanError(f"--kernels {RELEASE}: no released script is known for recipe {recipe.name} "
+                        f"(known: {', '.join(RELEASES)})")
     config = recipe.make_config(**overrides)
     torch._dynamo.reset()
     torch.manual_seed(0)
     recorder = Recorder()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     backend = plan_backend(recorder, fake_mode)
-    ops = make_ops(variant)
+    ops = make_ops("eager" if release else variant)
     trainer = Trainer(config, ops, "cpu", dtype)
     model = fake_network(config.build_network(ops, "cpu", dtype), fake_mode)
     ema = EMA(fake_network(config.build_network(ops, "cpu", dtype), fake_mode)) if config.has_ema else None
     optimizers = Optimizers(config.optimizer_groups(model))
+    if release:                 # after the groups are made: they find the norms by our BatchNorm type
+        released_network(model)
+    outside = OutsideOps(recorder)
     forward_loss = torch.compile(trainer._forward_loss, backend=backend, fullgraph=True)
     update = torch.compile(trainer.update, backend=backend, fullgraph=True)
 
@@ -591,6 +657,9 @@ def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float1
         with recorder.tracing("update"):
             return update(*args)
     trainer.forward_loss, trainer.update = traced_forward_loss, traced_update
+    if release:
+        recorder.graphed = ("forward_loss",)       # max-autotune: the network's graphs as CUDA graphs
+        trainer.train_step = released_step(release, config, model, backend, outside, traced_update)
 
     with fake_mode:
         images = torch.empty(config.batch_size, 3, 32, 32, dtype=dtype).contiguous(
@@ -598,30 +667,35 @@ def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float1
         labels = torch.zeros(config.batch_size, dtype=torch.int64)
         loss_sum = torch.zeros((), dtype=torch.float32)
         correct = torch.zeros((), dtype=torch.int64)
-    outside = OutsideOps(recorder)
     phases = []
     for start, end in step_phases(optimizers.groups, config.total_steps):
         # A phase's graphs are compiled at its first step; its last step is the one planned.
         for step, measured in ((start, False), (end - 1, True)):
-            recorder.measuring, recorder.calls, outside.ops = measured, Counter(), Counter()
+            recorder.measuring, recorder.calls = measured, Counter()
+            outside.reset()
             if ema is not None and measured:
                 ema.started = True      # in a real run the EMA's first copy came steps before
             with recording(recorder):
                 # The training loop's body (Trainer.run); what runs outside compiled code is
                 # counted (no dispatch mode may be active while torch.compile traces).
-                with outside:
+                if release:             # their scripts set Python-float learning rates: no device work
                     optimizers.set_step(step)
+                else:
+                    with outside:
+                        optimizers.set_step(step)
                 loss, batch_correct = trainer.train_step(model, optimizers, images, labels)
-                with outside:
-                    loss_sum += loss.float()
-                    correct += batch_correct
-                    if ema is not None and config.ema_updates_after(step):
-                        ema.update(model, config.ema_step_decay)
+                if not release:         # their loops keep no per-step sums
+                    with outside:
+                        loss_sum += loss.float()
+                        correct += batch_correct
+                        if ema is not None and config.ema_updates_after(step):
+                            ema.update(model, config.ema_step_decay)
         phases.append({"first_step": start, "steps": end - start, "calls": recorder.calls,
-                       "outside": dict(outside.ops)})
+                       "outside": dict(outside.ops), "outside_bytes": outside.bytes,
+                       "outside_flops": outside.flops})
 
     # The loader's epoch (augmentation, shuffling) runs outside compiled code once per epoch.
-    outside.ops = Counter()
+    outside.reset()
     n = 2 * config.batch_size
     loader = CifarLoader(np.zeros((n, 32, 32, 3), np.uint8), np.zeros(n, np.int64),
                          config.replace(train_images=n), True, "cpu", dtype)
@@ -630,7 +704,39 @@ def plan_one(recipe_spec: str, variant: str, overrides: dict, dtype=torch.float1
         for _ in loader.epoch(torch.Generator().manual_seed(0), 0):
             pass
     recorder.measuring = False
-    return summarise(recipe, config, variant, dtype, recorder, phases, dict(outside.ops))
+    epoch = {"ops": dict(outside.ops), "bytes": outside.bytes, "flops": outside.flops}
+    return summarise(recipe, config, variant, dtype, recorder, phases, epoch)
+
+
+def released_step(scope: str, config, model, backend, outside: OutsideOps, update):
+    """A train_step(model, optimizers, images, labels) compiled as a record's released script
+    compiles it (RELEASES): "model", the network compiled and the loss (with its backward)
+    eager; "forward_loss", the forward + loss compiled. Both then apply `update` (the
+    optimizer update compiled as ours, outside the CUDA graphs); no accuracy count (their
+    loops keep none)."""
+    if scope == "model":
+        network = torch.compile(model, backend=backend, fullgraph=True)
+
+        def forward_loss(images, labels):
+            logits = network(images)
+            with outside:
+                return config.loss(logits, labels)
+    else:
+        step = torch.compile(lambda images, labels: config.loss(model(images), labels),
+                             backend=backend, fullgraph=True)
+
+        def forward_loss(images, labels):
+            return step(images, labels)
+    recorder = outside.recorder
+
+    def train_step(_model, optimizers, images, labels):
+        with recorder.tracing("forward_loss"):
+            loss = forward_loss(images, labels)
+        with outside:
+            loss.backward()
+        optimizers.step(update)
+        return loss.detach(), None
+    return train_step
 
 
 def step_phases(groups, total_steps: int) -> list:
@@ -652,6 +758,8 @@ def step_figures(recorder, graph_plans, calls) -> dict:
         for name in FIGURES:
             step[name] += n * plan[name]
             kinds[graph["kind"]][name] += n * plan[name]
+        if graph["graphed"]:
+            step["launches_graphed"] += n * (plan["launches"] + plan["extern_calls"])
         for op, count in plan["extern"].items():
             extern_ops[op] += n * count
         for node in graph["nodes"]:
@@ -662,23 +770,27 @@ def step_figures(recorder, graph_plans, calls) -> dict:
                 heavy.append({"graph": graph["kind"], "kind": kind,
                               "bytes": node["bytes"] * n, "module": node["module"], "ops": node["ops"]})
     heavy.sort(key=lambda item: -item["bytes"])
-    return {"step": {name: step[name] for name in FIGURES}, "by_graph_kind": {k: dict(v) for k, v in kinds.items()},
+    return {"step": {name: step[name] for name in FIGURES + ("launches_graphed",)}, "by_graph_kind": {k: dict(v) for k, v in kinds.items()},
             "extern_by_op": dict(extern_ops), "heaviest": heavy}
 
 
 FIGURES = ("launches", "launches_ours", "launches_inductor", "extern_calls", "bytes", "extern_bytes", "flops")
 
 
-def predict(step: dict, outside_ops: float) -> dict:
-    """Seconds of one step on each card (the model in bench/NOTES.md)."""
+def predict(step: dict, outside: dict) -> dict:
+    """Seconds of one step on each card (the model in bench/NOTES.md). `outside`: the ops,
+    bytes and FLOPs per step outside compiled code. A launch costs LAUNCH_OVERHEAD unless a
+    CUDA graph replays it: in "ms_per_step" the graphs of step["launches_graphed"] (a
+    release's network), in "ms_per_step_cuda_graphs" every compiled graph."""
     predicted = {}
     for card, rates in CARDS.items():
-        traffic = step["bytes"] / rates["copy_rate"]
-        matrix = step["flops"] / rates["matrix_rate"]
-        launches = (step["launches"] + step["extern_calls"] + outside_ops) * LAUNCH_OVERHEAD
+        traffic = (step["bytes"] + outside["bytes"]) / rates["copy_rate"]
+        matrix = (step["flops"] + outside["flops"]) / rates["matrix_rate"]
+        launched = step["launches"] + step["extern_calls"] - step["launches_graphed"] + outside["ops"]
+        launches = launched * LAUNCH_OVERHEAD
         predicted[card] = {"traffic_ms": 1e3 * traffic, "matrix_ms": 1e3 * matrix, "launch_ms": 1e3 * launches,
                            "ms_per_step": 1e3 * (traffic + matrix + launches),
-                           "ms_per_step_cuda_graphs": 1e3 * (traffic + matrix + outside_ops * LAUNCH_OVERHEAD)}
+                           "ms_per_step_cuda_graphs": 1e3 * (traffic + matrix + outside["ops"] * LAUNCH_OVERHEAD)}
     return predicted
 
 
@@ -693,7 +805,8 @@ def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside) -
         wrapper = parse_wrapper(graph["code"], ours_names)
         launches, ours = sum(wrapper["launches"].values()), sum(wrapper["ours"].values())
         graph_plans.append({
-            "function": graph["function"], "kind": graph["kind"], "launches": launches, "launches_ours": ours,
+            "function": graph["function"], "kind": graph["kind"], "graphed": graph["graphed"],
+            "launches": launches, "launches_ours": ours,
             "launches_inductor": launches - ours, "extern_calls": sum(wrapper["extern"].values()),
             "bytes": sum(n["bytes"] for n in graph["nodes"]),
             "extern_bytes": sum(n["bytes"] for n in graph["nodes"] if n["extern"]),
@@ -709,11 +822,15 @@ def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside) -
         if step["launches"] + step["extern_calls"] == 0 or step["bytes"] == 0:
             raise PlanError(f"the plan came out empty (launches {step['launches']}, extern calls "
                             f"{step['extern_calls']}, bytes {step['bytes']}): Inductor's output moved")
-        outside_ops = sum(phase["outside"].values()) + sum(epoch_outside.values()) / config.steps_per_epoch
+        per_epoch = 1 / config.steps_per_epoch
+        outside = {"ops": sum(phase["outside"].values()) + sum(epoch_outside["ops"].values()) * per_epoch,
+                   "bytes": phase["outside_bytes"] + epoch_outside["bytes"] * per_epoch,
+                   "flops": phase["outside_flops"] + epoch_outside["flops"] * per_epoch}
         per_phase.append({"first_step": phase["first_step"], "steps": phase["steps"],
                           "calls_per_step": {str(k): v for k, v in phase["calls"].items() if v},
-                          **figures, "outside": phase["outside"], "outside_ops": outside_ops,
-                          "predicted": predict(step, outside_ops)})
+                          **figures, "outside": phase["outside"], "outside_ops": outside["ops"],
+                          "outside_bytes": outside["bytes"], "outside_flops": outside["flops"],
+                          "predicted": predict(step, outside)})
     last = per_phase[-1]
     predicted = copy.deepcopy(last["predicted"])
     for card, q in predicted.items():
@@ -722,6 +839,14 @@ def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside) -
                                          for p in per_phase) / 1e3
     for index, plan in enumerate(graph_plans):
         plan["calls_per_step"] = last["calls_per_step"].get(str(index), 0)
+    per_run = {   # every step of every phase, outside work included; launches as each step runs them
+        "bytes": sum(p["steps"] * (p["step"]["bytes"] + p["outside_bytes"]) for p in per_phase),
+        "flops": sum(p["steps"] * (p["step"]["flops"] + p["outside_flops"]) for p in per_phase),
+        "launches": sum(p["steps"] * (p["step"]["launches"] + p["step"]["extern_calls"] + p["outside_ops"])
+                        for p in per_phase),
+        "launches_not_graphed": sum(p["steps"] * (p["step"]["launches"] + p["step"]["extern_calls"]
+                                                  - p["step"]["launches_graphed"] + p["outside_ops"])
+                                    for p in per_phase)}
     import triton
     defaults = type(config)().to_dict()
     return {
@@ -732,9 +857,11 @@ def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside) -
         "torch": torch.__version__, "triton": triton.__version__,
         "step": last["step"], "by_graph_kind": last["by_graph_kind"], "extern_by_op": last["extern_by_op"],
         "graphs": graph_plans,
-        "outside": {"per_step": last["outside"], "per_epoch_loader": epoch_outside,
-                    "ops_per_step": last["outside_ops"]},
-        "predicted": predicted, "heaviest": last["heaviest"],
+        "outside": {"per_step": last["outside"], "per_epoch_loader": epoch_outside["ops"],
+                    "ops_per_step": last["outside_ops"], "bytes_per_step": last["outside_bytes"],
+                    "flops_per_step": last["outside_flops"]},
+        "graphed": sorted(recorder.graphed),
+        "predicted": predicted, "per_run": per_run, "heaviest": last["heaviest"],
         "phases": [{k: v for k, v in p.items() if k != "heaviest"} for p in per_phase],
         "code": [graph["code"] for graph in recorder.graphs],
     }
@@ -772,8 +899,17 @@ def text_report(plan: dict) -> str:
         f"  matmul + conv          {s['flops'] / 1e9:.1f} GFLOP/step",
         f"  outside compiled code  {sum(plan['outside']['per_step'].values())} aten ops/step "
         f"({', '.join(f'{k} {v}' for k, v in sorted(plan['outside']['per_step'].items()))}); "
-        f"loader {sum(plan['outside']['per_epoch_loader'].values())} ops/epoch",
+        f"loader {sum(plan['outside']['per_epoch_loader'].values())} ops/epoch; with the loader's share "
+        f"{fmt_gb(plan['outside']['bytes_per_step'])} GB, {plan['outside']['flops_per_step'] / 1e9:.1f} GFLOP per step",
     ]
+    if plan["kernels"] == RELEASE:
+        lines.insert(1, f"  as released            compiled where the record's script compiles "
+                        f"({RELEASES[plan['recipe']]}), plain PyTorch modules; the network's graphs "
+                        f"({s['launches_graphed']} launches + extern calls) replayed as CUDA graphs (max-autotune)")
+    r = plan["per_run"]
+    lines.append(f"  per run ({plan['steps_per_run']} steps)  {r['bytes'] / 1e9:.0f} GB, {r['flops'] / 1e12:.0f} TFLOP, "
+                 f"{r['launches']:.0f} launches and extern calls ({r['launches_not_graphed']:.0f} of them launched "
+                 f"from the host)")
     for card, q in p.items():
         lines.append(f"  predicted {card}         {q['ms_per_step']:.2f} ms/step = traffic {q['traffic_ms']:.2f} "
                      f"+ matrix {q['matrix_ms']:.2f} + launches {q['launch_ms']:.2f}; {q['s_per_run']:.2f} s/run "
@@ -802,6 +938,11 @@ def csv_row(plan: dict, commit: str, date: str) -> dict:
         "predicted_s_run_cuda_graphs_h100": round(p["H100"]["s_per_run_cuda_graphs"], 3),
         "predicted_s_run_cuda_graphs_h200": round(p["H200"]["s_per_run_cuda_graphs"], 3),
         "steps_per_run": plan["steps_per_run"],
+        "outside_gb": round(plan["outside"]["bytes_per_step"] / 1e9, 4),
+        "outside_gflop": round(plan["outside"]["flops_per_step"] / 1e9, 2),
+        "launches_graphed": s["launches_graphed"],
+        "run_gb": round(plan["per_run"]["bytes"] / 1e9, 1),
+        "run_launches_not_graphed": round(plan["per_run"]["launches_not_graphed"]),
     }
 
 
@@ -853,6 +994,17 @@ def beside(train_log: str, results_root: str) -> str:
     return "\n".join(lines)
 
 
+def check_results_folder(folder: str):
+    """PlanError unless `folder`'s plan.csv is absent or has this version's columns (rows are
+    appended, never rewritten: an older file's columns would not line up)."""
+    path = os.path.join(folder, "plan.csv")
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != CSV_FIELDS:
+            raise PlanError(f"{path} has the columns of another gpu_plan version; give --results a new folder")
+
+
 def parse_overrides(items) -> dict:
     out = {}
     for item in items or ():
@@ -870,7 +1022,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", action="append", help="a built-in recipe or a recipe file (repeatable; "
                         f"default: {', '.join(DEFAULT_RECIPES)})")
-    parser.add_argument("--kernels", action="append", choices=VARIANTS, help="variant (repeatable; default: both)")
+    parser.add_argument("--kernels", action="append", choices=VARIANTS + (RELEASE,),
+                        help=f"variant (repeatable; default: {' and '.join(VARIANTS)}); {RELEASE}: the record's "
+                        f"step as its released script compiles it ({', '.join(RELEASES)})")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                         help="change a recipe field (tests: tiny widths and batches)")
     parser.add_argument("--json", help="write every plan as JSON here")
@@ -889,6 +1043,8 @@ def main(argv=None) -> int:
         return 2
     commit, date = git_commit(), datetime.date.today().isoformat()      # the code the plans read
     try:
+        if args.results:
+            check_results_folder(args.results)
         overrides = parse_overrides(args.set)
         install_stand_in()
         plans = []

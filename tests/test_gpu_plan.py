@@ -1,11 +1,13 @@
 """bench/gpu_plan.py: the GPU plan of one compiled training step, read on a CPU.
 
 One plan of the seed recipe at tiny widths and batch (both kernel variants, one
-process without TRITON_INTERPRET, as on a GPU) is read by every test here: each
+process without TRITON_INTERPRET, as on a GPU) is read by most tests here: each
 variant launches what its name says, the counts add up, and the CSV row holds
-the JSON's figures. A torch internal the plan leans on, taken away, stops it
-with one line naming that internal; a plan that read nothing is an error, never
-a row of zeros.
+the JSON's figures. The records' released scripts (`--kernels release`) are
+planned compiled where those scripts compile, in plain PyTorch modules. A torch
+internal the plan leans on, taken away, stops it with one line naming that
+internal; a plan that read nothing is an error, never a row of zeros; rows are
+never appended under another version's columns.
 """
 import csv
 import json
@@ -103,6 +105,71 @@ def test_csv_row_per_variant_holds_the_json_figures(plans):
         assert f"Triton launches/step   {plan['step']['launches']}" in stdout
 
 
+def released_plans(tmp_path):
+    """The release plans of airbench94-muon and hiverge at tiny widths, in one phase (the
+    whitening bias trains throughout: half the graphs to compile), with their code."""
+    one_phase = ["--set", "epochs=2", "--set", "whiten_bias_epochs=2"]
+    done = subprocess.run([sys.executable, TOOL, "--recipe", "airbench94-muon", "--recipe", "hiverge",
+                           "--kernels", "release", *TINY, *one_phase, "--json", str(tmp_path / "plan.json"),
+                           "--dump", str(tmp_path / "code")],
+                          env=plan_env(), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "plan.json") as f:
+        plans = {p["recipe"]: p for p in json.load(f)["plans"]}
+    code = {}
+    for name in sorted(os.listdir(tmp_path / "code")):
+        with open(tmp_path / "code" / name) as f:
+            code[name.split("-release-")[0]] = code.get(name.split("-release-")[0], "") + f.read()
+    return plans, code, done.stdout
+
+
+def test_a_release_is_planned_compiled_where_its_script_compiles_in_plain_modules(tmp_path):
+    plans, code, stdout = released_plans(tmp_path)
+    assert set(plans) == set(code) == {"airbench94-muon", "hiverge"}
+    for recipe, plan in plans.items():
+        step = plan["step"]
+        assert plan["kernels"] == "release" and len(plan["phases"]) == 1
+        assert step["launches_ours"] == 0 and step["launches_inductor"] > 0
+        # The network's graphs (forward and backward) replay as CUDA graphs; the update does not.
+        called = [g for g in plan["graphs"] if g["calls_per_step"]]
+        assert {(g["kind"], g["graphed"]) for g in called} == {("forward", True), ("backward", True),
+                                                                ("update", False)}
+        assert step["launches_graphed"] == sum(g["calls_per_step"] * (g["launches"] + g["extern_calls"])
+                                               for g in called if g["graphed"]) > 0
+        for card in plan["predicted"].values():
+            launched = step["launches"] + step["extern_calls"] - step["launches_graphed"] + plan["outside"]["ops_per_step"]
+            assert card["launch_ms"] == pytest.approx(launched * 5e-3)
+            assert card["traffic_ms"] > 0 and card["matrix_ms"] > 0
+        assert plan["outside"]["bytes_per_step"] > 0
+        run, steps = plan["per_run"], plan["steps_per_run"]
+        assert run["bytes"] == pytest.approx(steps * (step["bytes"] + plan["outside"]["bytes_per_step"]))
+        assert run["launches"] - run["launches_not_graphed"] == pytest.approx(steps * step["launches_graphed"])
+        # Plain nn.MaxPool2d: Inductor's max_pool2d kernels (our MaxPool2x2 compiles to none).
+        assert "max_pool2d_with_indices" in code[recipe], recipe
+        assert f"== {recipe} --kernels release" in stdout
+    assert stdout.count("as released") == 2
+    # airbench94_muon.py compiles the network only: the loss and its backward run eagerly.
+    airbench = plans["airbench94-muon"]["outside"]["per_step"]
+    assert airbench.get("_log_softmax", 0) == 1 and airbench.get("_log_softmax_backward_data", 0) == 1
+    hiverge = plans["hiverge"]["outside"]["per_step"]
+    assert "_log_softmax" not in hiverge and "_log_softmax_backward_data" not in hiverge
+    # Their loops set learning rates on the host and keep no per-step sums.
+    assert "fill_" not in airbench and "fill_" not in hiverge and "add_" not in hiverge
+
+
+def test_a_recipe_without_a_known_release_and_an_older_csv_are_one_line_errors(tmp_path):
+    done = subprocess.run([sys.executable, TOOL, "--recipe", "seed", "--kernels", "release", *TINY],
+                          env=plan_env(), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert "no released script is known for recipe seed" in done.stderr
+    (tmp_path / "plan.csv").write_text("date,commit,recipe\n2026-12-01,abc,seed\n")
+    done = subprocess.run([sys.executable, TOOL, "--recipe", "seed", "--kernels", "eager", *TINY,
+                           "--results", str(tmp_path)], env=plan_env(), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert "another gpu_plan version" in done.stderr
+    assert (tmp_path / "plan.csv").read_text() == "date,commit,recipe\n2026-12-01,abc,seed\n"
+
+
 def run_with_internal_removed(module: str, owner: str, attr: str):
     """The tool, in a process where `module.owner.attr` (a torch internal) was deleted first."""
     code = (f"import importlib, runpy, sys\n"
@@ -139,7 +206,7 @@ def test_a_plan_that_read_nothing_is_an_error_not_zeros():
     with pytest.raises(gpu_plan.PlanError, match="no graph was compiled"):
         gpu_plan.summarise(recipe, config, "eager", torch.float16, empty, {}, {})
     # A graph whose wrapper launches nothing and whose scheduler moved no bytes.
-    empty.graphs.append({"index": 0, "function": "forward_loss", "kind": "forward", "flops": 0,
+    empty.graphs.append({"index": 0, "function": "forward_loss", "kind": "forward", "flops": 0, "graphed": False,
                          "code": "def call(args):\n    return ()\n", "nodes": []})
     with pytest.raises(gpu_plan.PlanError, match="measured no step"):
         gpu_plan.summarise(recipe, config, "eager", torch.float16, empty, [], {})
