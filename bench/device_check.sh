@@ -114,7 +114,8 @@ t_train=$(( t_train * scale )); t_record=$(( t_record * scale )); t_tests=$(( t_
 t_kbench=$(( t_kbench * scale ))
 PY="${PYTHON:-python3}"
 parallel=()
-"$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+# 8 workers where pytest-xdist is installed and there is a GPU (a CPU dry run stays one process)
+"$PY" -c "import xdist, torch; assert torch.cuda.is_available()" 2>/dev/null && parallel=(-n 8)
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 stage_status=()
