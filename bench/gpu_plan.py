@@ -46,7 +46,6 @@ import argparse
 import copy
 import csv
 import datetime
-import functools
 import importlib
 import json
 import os
@@ -427,16 +426,13 @@ def signature(definition: str) -> str:
 def our_kernels() -> dict:
     """{signature of its `def` line: "module.kernel"} of every @triton.jit kernel in kernels/*.py
     (every module of the package, so that a new kernel file is never counted as Inductor's)."""
-    from triton.runtime.jit import JITFunction
     import kernels
     found = {}
-    for module_name, module in kernels.kernel_modules().items():
-        for name, value in vars(module).items():
-            if isinstance(value, JITFunction) and name.endswith("kernel"):      # not the helpers
-                definition = re.search(r"^def \w+\(.*?\):", value.src, re.S | re.M)
-                if definition is None:
-                    raise PlanError(f"kernel {module_name}.{name} has no `def` line in its source")
-                found[signature(definition.group(0))] = f"{module_name}.{name}"
+    for name, kernel in kernels.triton_kernels().items():
+        definition = re.search(r"^def \w+\(.*?\):", kernel.src, re.S | re.M)
+        if definition is None:
+            raise PlanError(f"kernel {name} has no `def` line in its source")
+        found[signature(definition.group(0))] = name
     return found
 
 
@@ -777,6 +773,12 @@ def step_figures(recorder, graph_plans, calls) -> dict:
 FIGURES = ("launches", "launches_ours", "launches_inductor", "extern_calls", "bytes", "extern_bytes", "flops")
 
 
+def host_launches(step: dict, outside_ops: float) -> float:
+    """The launches a step makes from the host: its launches and extern calls that no CUDA
+    graph replays (step["launches_graphed"]), and the ops outside compiled code."""
+    return step["launches"] + step["extern_calls"] - step["launches_graphed"] + outside_ops
+
+
 def predict(step: dict, outside: dict) -> dict:
     """Seconds of one step on each card (the model in bench/NOTES.md). `outside`: the ops,
     bytes and FLOPs per step outside compiled code. A launch costs LAUNCH_OVERHEAD unless a
@@ -786,8 +788,7 @@ def predict(step: dict, outside: dict) -> dict:
     for card, rates in CARDS.items():
         traffic = (step["bytes"] + outside["bytes"]) / rates["copy_rate"]
         matrix = (step["flops"] + outside["flops"]) / rates["matrix_rate"]
-        launched = step["launches"] + step["extern_calls"] - step["launches_graphed"] + outside["ops"]
-        launches = launched * LAUNCH_OVERHEAD
+        launches = host_launches(step, outside["ops"]) * LAUNCH_OVERHEAD
         predicted[card] = {"traffic_ms": 1e3 * traffic, "matrix_ms": 1e3 * matrix, "launch_ms": 1e3 * launches,
                            "ms_per_step": 1e3 * (traffic + matrix + launches),
                            "ms_per_step_cuda_graphs": 1e3 * (traffic + matrix + outside["ops"] * LAUNCH_OVERHEAD)}
@@ -844,9 +845,7 @@ def summarise(recipe, config, variant, dtype, recorder, phases, epoch_outside) -
         "flops": sum(p["steps"] * (p["step"]["flops"] + p["outside_flops"]) for p in per_phase),
         "launches": sum(p["steps"] * (p["step"]["launches"] + p["step"]["extern_calls"] + p["outside_ops"])
                         for p in per_phase),
-        "launches_not_graphed": sum(p["steps"] * (p["step"]["launches"] + p["step"]["extern_calls"]
-                                                  - p["step"]["launches_graphed"] + p["outside_ops"])
-                                    for p in per_phase)}
+        "launches_not_graphed": sum(p["steps"] * host_launches(p["step"], p["outside_ops"]) for p in per_phase)}
     import triton
     defaults = type(config)().to_dict()
     return {

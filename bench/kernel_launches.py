@@ -50,16 +50,6 @@ class _Counted(Exception):
     """Raised by the window once its step is counted: ends the counting run."""
 
 
-def our_kernels() -> dict:
-    """{name: kernel object} of every Triton kernel in kernels/*.py (names `_..._kernel`)."""
-    found = {}
-    for module_name, module in kernels.kernel_modules().items():
-        for name, value in vars(module).items():
-            if name.startswith("_") and name.endswith("kernel") and hasattr(value, "add_pre_run_hook"):
-                found[f"{module_name}.{name}"] = value
-    return found
-
-
 def _is_cuda_event(event) -> bool:
     return str(getattr(event, "device_type", "")).split(".")[-1] == "CUDA"
 
@@ -69,7 +59,7 @@ class _Window:
 
     def __init__(self, device: torch.device, start: int):
         self.cuda, self.start, self.done = device.type == "cuda", start, False
-        self.hooked, self.kernels = Counter(), our_kernels()
+        self.hooked, self.kernels = Counter(), kernels.triton_kernels()
         self.hooks = {name: self._hook(name) for name in self.kernels}
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.cuda:

@@ -29,7 +29,6 @@ from .pool_batch_norm_gelu import pool_batch_norm_gelu, pool_batch_norm_gelu_eag
 from .squeeze_excite import squeeze_excite, squeeze_excite_eager
 
 
-
 def kernel_modules() -> dict:
     """{name: module} of every kernel file of this package (all but _common), imported: what
     tools that look for "our kernels" walk, so that a new file is never missed."""
@@ -39,8 +38,17 @@ def kernel_modules() -> dict:
             for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name) if m.name != "_common"}
 
 
+def triton_kernels() -> dict:
+    """{"module.name": its @triton.jit function} of every kernel of the kernel files (names
+    ending in "kernel"; the jit helpers the kernels call are left out). Under TRITON_INTERPRET
+    these are Triton's InterpretedFunctions, otherwise JITFunctions: both KernelInterfaces."""
+    from triton.runtime.jit import KernelInterface
+    return {f"{module_name}.{name}": value for module_name, module in kernel_modules().items()
+            for name, value in vars(module).items() if isinstance(value, KernelInterface) and name.endswith("kernel")}
+
+
 __all__ = [
-    "BACKENDS", "default_backend", "kernel_modules",
+    "BACKENDS", "default_backend", "kernel_modules", "triton_kernels",
     "gelu", "affine_gelu", "batch_norm_gelu", "pool_batch_norm_gelu", "squeeze_excite", "channel_scale",
     "patch_covariance",
     "gelu_eager", "affine_gelu_eager", "batch_norm_gelu_eager", "pool_batch_norm_gelu_eager", "squeeze_excite_eager",

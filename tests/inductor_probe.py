@@ -168,11 +168,8 @@ def main():
     graphs["network step"] = probe_network()
     graphs["patch_covariance"] = probe(lambda x: pc._patch_covariance_op(x, 2)[1],
                                        [t(2, 3, 6, 6, grad=False, dtype=torch.float32)], backward=False)
-    sources = {}
-    for name, module in mod.items():
-        for attr, value in vars(module).items():
-            if isinstance(value, JITFunction) and attr.endswith("kernel"):
-                sources[f"{name}.{attr}"] = user_defined_triton_kernel_transitive_closure_source_code(value)
+    sources = {name: user_defined_triton_kernel_transitive_closure_source_code(kernel)
+               for name, kernel in kernels.triton_kernels().items()}
     print(json.dumps({"graphs": graphs, "sources": sources}))
 
 
