@@ -888,7 +888,7 @@ def text_report(plan: dict) -> str:
     lines = [
         f"== {plan['recipe']} --kernels {plan['kernels']}  (batch {plan['batch_size']}, {plan['dtype']}, "
         f"{plan['steps_per_run']} steps/run; torch {plan['torch']}, triton {plan['triton']})",
-        *([f"  phases                 " + "; ".join(
+        *(["  phases                 " + "; ".join(
             f"steps {p['first_step']}-{p['first_step'] + p['steps'] - 1}: {p['step']['launches']} launches, "
             f"{p['step']['extern_calls']} extern, {fmt_gb(p['step']['bytes'])} GB"
             for p in plan["phases"]) + " (figures below: the last phase)"] if len(plan["phases"]) > 1 else []),

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import statistics
-from collections import Counter
 from types import SimpleNamespace
 
 import pytest

@@ -38,7 +38,6 @@ changes. This module imports neither torch nor Optuna at import time.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import re
