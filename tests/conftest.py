@@ -34,6 +34,16 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# torch._dynamo.reset() walks the backends torch.compile has made and resets each; one made
+# for a CUDA-graph mode (reduce-overhead) imports torch._inductor.cudagraph_trees as it resets.
+# In a process that has not imported Inductor's compiler yet, that first import registers one
+# more backend (torch.compiler.disable at module level, torch/_inductor/wrapper_benchmark.py)
+# in the middle of the walk: "RuntimeError: dictionary changed size during iteration". Which
+# test files share a pytest-xdist process decides whether it happens. Imported here, before
+# any test, the import inside reset() is a lookup that registers nothing. (About 3 s per
+# pytest process; the compiling tests import it anyway.)
+import torch._inductor.cudagraph_trees  # noqa: E402,F401
+
 SEED_VARIABLE = "CIFAR_SPEEDRUN_TEST_SEED"
 SEED_BASE = pytest.StashKey[str]()
 

@@ -116,7 +116,7 @@ def test_the_quick_start_comes_first_fits_in_20_lines_and_its_commands_parse():
     assert len(quick.strip().splitlines()) <= 20
     commands = [line.split("  #")[0].strip() for line in quick.splitlines()
                 if line.startswith(("python", "cifar-speedrun"))]
-    assert commands[:3] == ['python3 -m pip install -e ".[test]"', "python3 -m pytest",
+    assert commands[:3] == ['python3 -m pip install -e ".[test]"', "python3 -m pytest -n 2 --dist loadfile",
                             'python3 -m pytest -m "not slow"']             # install, test, the quick subset
     ci = (README.parent / ".ci" / "run").read_text().splitlines()
     assert commands[:2] == [line for line in ci if line.startswith("python3 ")], "CI runs the README's two commands"
