@@ -11,10 +11,11 @@ dtype, rank, shape or stride pattern raises a ValueError or TypeError naming it.
 
     gelu(x)                                     exact (erf) GELU, any dense shape
     affine_gelu(x, scale, shift, residual=None) GELU(x*scale[c] + shift[c]) (+ residual)
-    batch_norm_gelu(x, weight, bias, eps, residual=None)
-                                                GELU(training-mode BatchNorm(x)) (+ residual),
-                                                its backward through the batch statistics
-    pool_batch_norm_gelu(x, weight, bias, eps)  batch_norm_gelu(max_pool2d(x, 2), ...), the pool folded
+    batch_norm_gelu(x, weight, bias, eps, residual=None, gate=None, activation="gelu")
+                                                GELU (or SiLU) of training-mode BatchNorm(x)
+                                                (+ residual), its backward through the batch statistics
+    pool_batch_norm_gelu(x, weight, bias, eps, activation="gelu")
+                                                batch_norm_gelu(max_pool2d(x, 2), ...), the pool folded
                                                 into its passes
     squeeze_excite(r, w1, b1, w2, b2)           sigmoid(fc2(GELU(fc1(mean_hw r))))
     channel_scale(x, s)                         x * s[:, :, None, None]

@@ -264,3 +264,34 @@ def gelu_grad_f32(z):
     cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
     pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
     return cdf + z * pdf
+
+
+# --------------------------------------------------------------------------- SiLU, and the choice
+# The BatchNorm kernels apply GELU or (SILU) SiLU(z) = z * sigmoid(z), whose derivative is
+# sigmoid(z) * (1 + z * (1 - sigmoid(z))); sigmoid from tl.exp (0 for very negative z, no NaN).
+
+@triton.jit
+def activation_f32(z, SILU: tl.constexpr):
+    """GELU(z), or SiLU(z) when SILU."""
+    if SILU:
+        return z / (1.0 + tl.exp(-z))
+    return gelu_f32(z)
+
+
+@triton.jit
+def activation_grad_f32(z, SILU: tl.constexpr):
+    """The derivative of activation_f32 at z."""
+    if SILU:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
+    return gelu_grad_f32(z)
+
+
+ACTIVATIONS = ("gelu", "silu")
+
+
+def check_activation(activation) -> bool:
+    """True for "silu", False for "gelu" (the kernels' SILU flag); anything else is a ValueError."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+    return activation == "silu"

@@ -17,6 +17,7 @@ The per-channel sums are written as per-program partials, then reduced by a
 second small kernel: deterministic, no atomics.
 
 batch_norm_gelu is the same forward with training-mode BatchNorm's batch statistics
+and either GELU or (activation="silu", hiverge's groups) SiLU; its kernels take a SILU flag
 (scale = weight * rstd, shift = bias - mean * scale), whose backward differentiates
 through those statistics in two passes over x and dy and no stored intermediate:
   pass 1 (the backward kernels above, not writing dx): partial sums of dz and dz * x
@@ -34,7 +35,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from ._common import cast_to, gelu_f32, gelu_grad_f32
+from ._common import activation_f32, activation_grad_f32, cast_to, check_activation
 
 # Fixed launch sizes (no autotuning: the interpreter cannot, and one setting per
 # kernel is enough for a memory-bound pass): elements per tile and warps.
@@ -47,7 +48,7 @@ BWD_PER_SM = 2       # channels_last backward: programs per SM (each walks many 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
 def _fwd_kernel(x_ptr, res_ptr, gate_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C, HW,
-                CHANNELS_LAST: tl.constexpr, HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr,
+                CHANNELS_LAST: tl.constexpr, HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr, SILU: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -65,7 +66,7 @@ def _fwd_kernel(x_ptr, res_ptr, gate_ptr, scale_ptr, shift_ptr, y_ptr, R, L, C, 
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_GATE:
         x = x * _gate_tile(gate_ptr, rows, cols, mask, C, HW, CHANNELS_LAST)
-    y = gelu_f32(x * a + b)
+    y = activation_f32(x * a + b, SILU)
     if HAS_RES:
         y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, cast_to(y, y_ptr.dtype.element_ty), mask=mask)
@@ -84,13 +85,13 @@ def _gate_tile(gate_ptr, rows, cols, mask, C, HW, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX: tl.constexpr):
+def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX: tl.constexpr, SILU: tl.constexpr):
     """One tile of the backward, either layout, of x gated by g (1.0: no gate): writes
     dx = dz * scale (if STORE_DX) and returns (dz * x * g, dz), the tile's contributions
     to the scale and shift gradients."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * g
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dz = dy * gelu_grad_f32(x * a + b)
+    dz = dy * activation_grad_f32(x * a + b, SILU)
     if STORE_DX:
         tl.store(dx_ptr + offs, cast_to(dz * a, dx_ptr.dtype.element_ty), mask=mask)
     return dz * x, dz
@@ -98,7 +99,8 @@ def _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX: tl.constexpr
 
 @triton.jit
 def _bwd_cl_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, M, C, HW,
-                   STORE_DX: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                   STORE_DX: tl.constexpr, HAS_GATE: tl.constexpr, SILU: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """channels_last: (M = N*H*W, C). Grid (P, column blocks); program p walks row
     blocks p, p+P, ... and writes its column sums to row p of the partials."""
     pid = tl.program_id(0)
@@ -116,7 +118,7 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, pscale
         g = 1.0
         if HAS_GATE:
             g = _gate_tile(gate_ptr, rows, cols, mask, C, HW, True)
-        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX)
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX, SILU)
         acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + pid * C + cols, tl.sum(acc_s, 0), mask=cmask)
@@ -125,7 +127,8 @@ def _bwd_cl_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, pscale
 
 @triton.jit
 def _bwd_nchw_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, pscale_ptr, pshift_ptr, R, L, C,
-                     STORE_DX: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                     STORE_DX: tl.constexpr, HAS_GATE: tl.constexpr, SILU: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """contiguous: (R = N*C planes, L = H*W). Each program owns BLOCK_R whole planes
     and writes one sum per plane; partials are then (N, C)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -142,7 +145,7 @@ def _bwd_nchw_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, dx_ptr, psca
         g = 1.0
         if HAS_GATE:
             g = _gate_tile(gate_ptr, rows, cols, mask, C, L, False)
-        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX)
+        dz_x, dz = _bwd_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, b, g, STORE_DX, SILU)
         acc_s += dz_x
         acc_b += dz
     tl.store(pscale_ptr + rows, tl.sum(acc_s, 1), mask=rmask)
@@ -197,7 +200,7 @@ def _bn_finish_kernel(p1_ptr, p2_ptr, mean_ptr, rstd_ptr, scale_ptr, dweight_ptr
 
 @triton.jit
 def _bn_dx_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, R, L, C,
-                  CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                  CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """batch_norm_gelu's pass 2: dx = dz * scale[c] + x * cx[c] + c0[c], dz recomputed;
     tiled like _fwd_kernel."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -222,13 +225,14 @@ def _bn_dx_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, R
         c0 = tl.load(c0_ptr + ch, mask=chmask, other=0.0)[:, None]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dz = dy * gelu_grad_f32(x * a + b)
+    dz = dy * activation_grad_f32(x * a + b, SILU)
     tl.store(dx_ptr + offs, cast_to(dz * a + x * cx + c0, dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _bn_gate_dx_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr, dgate_ptr,
-                       N, C, HW, CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+                       N, C, HW, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr,
+                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """batch_norm_gelu's pass 2 with a gate (xg = x * gate[n, c]): dxg = dz * scale + xg * cx + c0,
     dx = dxg * gate, dgate[n, c] = sum over the pixels of dxg * x. One program per sample
     and channel block (channels_last: pixels are rows) or per block of planes (contiguous:
@@ -250,7 +254,7 @@ def _bn_gate_dx_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, cx_ptr, c0
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             xg = x * g
-            dxg = dy * gelu_grad_f32(xg * a + b) * a + xg * cx + c0
+            dxg = dy * activation_grad_f32(xg * a + b, SILU) * a + xg * cx + c0
             tl.store(dx_ptr + offs, cast_to(dxg * g, dx_ptr.dtype.element_ty), mask=mask)
             acc += tl.where(mask, dxg * x, 0.0)
         tl.store(dgate_ptr + n * C + cols, cast_to(tl.sum(acc, 0), dgate_ptr.dtype.element_ty), mask=cmask)
@@ -271,7 +275,7 @@ def _bn_gate_dx_kernel(x_ptr, dy_ptr, gate_ptr, scale_ptr, shift_ptr, cx_ptr, c0
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             xg = x * g
-            dxg = dy * gelu_grad_f32(xg * a + b) * a + xg * cx + c0
+            dxg = dy * activation_grad_f32(xg * a + b, SILU) * a + xg * cx + c0
             tl.store(dx_ptr + offs, cast_to(dxg * g, dx_ptr.dtype.element_ty), mask=mask)
             acc += tl.where(mask, dxg * x, 0.0)
         tl.store(dgate_ptr + planes, cast_to(tl.sum(acc, 1), dgate_ptr.dtype.element_ty), mask=pmask)
@@ -291,7 +295,7 @@ def _tile(L: int, max_l: int, tile: int):
     return max(1, tile // block_l), block_l
 
 
-def _forward(x, scale, shift, residual, gate=None):
+def _forward(x, scale, shift, residual, gate=None, silu=False):
     y = cm.empty_like(x)
     if x.numel() == 0:
         return y
@@ -303,14 +307,14 @@ def _forward(x, scale, shift, residual, gate=None):
     cm.launcher(_fwd_kernel)[grid](x, residual if residual is not None else x, gate if gate is not None else scale,
                                    scale, shift, y, R, L, x.shape[1], x.shape[2] * x.shape[3],
                                    CHANNELS_LAST=cl, HAS_RES=residual is not None, HAS_GATE=gate is not None,
-                                   BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
+                                   SILU=silu, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
     return y
 
 
-def _channel_partials(dy, x, scale, shift, dx, gate=None):
+def _channel_partials(dy, x, scale, shift, dx, gate=None, silu=False):
     """Per-program partial sums (P, C) of dz * xg and dz, float32, and P, for
-    dz = dy * GELU'(xg * scale + shift), xg = x (* gate[n, c]); with dx given, also
-    writes dx = dz * scale."""
+    dz = dy * act'(xg * scale + shift) (act GELU, or SiLU if silu), xg = x (* gate[n, c]);
+    with dx given, also writes dx = dz * scale."""
     n, c = x.shape[:2]
     cl, R, L = _view(x)
     store_dx = dx is not None
@@ -324,7 +328,7 @@ def _channel_partials(dy, x, scale, shift, dx, gate=None):
         pshift = cm.empty((P, c), torch.float32, x.device)
         cm.launcher(_bwd_cl_kernel)[(P, cblocks)](x, dy, gate if gate is not None else scale, scale, shift,
                                                   dx if store_dx else x, pscale, pshift, R, c, x.shape[2] * x.shape[3],
-                                                  STORE_DX=store_dx, HAS_GATE=gate is not None,
+                                                  STORE_DX=store_dx, HAS_GATE=gate is not None, SILU=silu,
                                                   BLOCK_M=block_m, BLOCK_C=block_c, num_warps=BWD_WARPS)
     else:
         block_r, block_l = _tile(L, 512, BWD_TILE)
@@ -334,7 +338,7 @@ def _channel_partials(dy, x, scale, shift, dx, gate=None):
         cm.launcher(_bwd_nchw_kernel)[(triton.cdiv(R, block_r),)](x, dy, gate if gate is not None else scale, scale,
                                                                  shift, dx if store_dx else x, pscale, pshift, R, L, c,
                                                                  STORE_DX=store_dx, HAS_GATE=gate is not None,
-                                                                 BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
+                                                                 SILU=silu, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=BWD_WARPS)
     return pscale, pshift, P
 
 
@@ -367,19 +371,19 @@ def _batch_affine(weight, bias, mean, var, eps):
     return rstd, scale, bias.float() - mean * scale
 
 
-def _batch_norm_forward(x, weight, bias, eps, residual, gate):
+def _batch_norm_forward(x, weight, bias, eps, residual, gate, silu):
     gated = x.float() if gate is None else x.float() * gate.float()[:, :, None, None]
     var, mean = torch.var_mean(gated, dim=(0, 2, 3), correction=0)
     _, scale, shift = _batch_affine(weight, bias, mean, var, eps)
-    return _forward(x, scale, shift, residual, gate), mean, var
+    return _forward(x, scale, shift, residual, gate, silu), mean, var
 
 
-def _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate):
+def _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate, silu):
     """batch_norm_gelu's backward up to pass 2 (dy already in x's layout): (scale, shift, cx,
     c0, dweight, dbias), the first four float32 per channel for pass 2's dx."""
     n, c, h, w = x.shape
     rstd, scale, shift = _batch_affine(weight, bias, mean, var, eps)
-    pscale, pshift, P = _channel_partials(dy, x, scale, shift, None, gate)
+    pscale, pshift, P = _channel_partials(dy, x, scale, shift, None, gate, silu)
     dweight = cm.empty((c,), weight.dtype, x.device)
     dbias = cm.empty((c,), bias.dtype, x.device)
     cx = cm.empty((c,), torch.float32, x.device)
@@ -390,16 +394,16 @@ def _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate):
     return scale, shift, cx, c0, dweight, dbias
 
 
-def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate):
+def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate, silu):
     n, c, h, w = x.shape
     dy = cm.same_layout(dy, x)
-    scale, shift, cx, c0, dweight, dbias = _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate)
+    scale, shift, cx, c0, dweight, dbias = _batch_norm_pass1(dy, x, weight, bias, mean, var, eps, gate, silu)
     dx = cm.empty_like(x)
     cl, R, L = _view(x)
     if gate is None:
         block_r, block_l = _tile(L, 1024, FWD_TILE)
         grid = (triton.cdiv(R, block_r), triton.cdiv(L, block_l))
-        cm.launcher(_bn_dx_kernel)[grid](x, dy, scale, shift, cx, c0, dx, R, L, c, CHANNELS_LAST=cl,
+        cm.launcher(_bn_dx_kernel)[grid](x, dy, scale, shift, cx, c0, dx, R, L, c, CHANNELS_LAST=cl, SILU=silu,
                                          BLOCK_R=block_r, BLOCK_L=block_l, num_warps=FWD_WARPS)
         return dx, dweight, dbias, x.new_empty((0,))
     dgate = cm.empty(gate.shape, gate.dtype, x.device)
@@ -412,7 +416,7 @@ def _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate):
         block_c = max(1, FWD_TILE // block_s)
         grid = (triton.cdiv(n * c, block_c),)
     cm.launcher(_bn_gate_dx_kernel)[grid](x, dy, gate, scale, shift, cx, c0, dx, dgate, n, c, h * w,
-                                          CHANNELS_LAST=cl, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=FWD_WARPS)
+                                          CHANNELS_LAST=cl, SILU=silu, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=FWD_WARPS)
     return dx, dweight, dbias, dgate
 
 
@@ -452,7 +456,7 @@ def _autograd_backward(ctx, dy):
 _affine_gelu_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _batch_norm_gelu_fake(x, weight, bias, eps, residual, gate):
+def _batch_norm_gelu_fake(x, weight, bias, eps, residual, gate, silu):
     c = x.shape[1]
     return torch.empty_like(x), x.new_empty((c,), dtype=torch.float32), x.new_empty((c,), dtype=torch.float32)
 
@@ -460,34 +464,34 @@ def _batch_norm_gelu_fake(x, weight, bias, eps, residual, gate):
 @cm.register_op("batch_norm_gelu", fake=_batch_norm_gelu_fake)
 def _batch_norm_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                         residual: Optional[torch.Tensor],
-                        gate: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _batch_norm_forward(x, weight, bias, eps, residual, gate)
+                        gate: Optional[torch.Tensor], silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch_norm_forward(x, weight, bias, eps, residual, gate, silu)
 
 
-def _batch_norm_gelu_backward_fake(dy, x, weight, bias, mean, var, eps, gate):
+def _batch_norm_gelu_backward_fake(dy, x, weight, bias, mean, var, eps, gate, silu):
     dgate = x.new_empty((0,)) if gate is None else gate.new_empty(gate.shape)
     return torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape), dgate
 
 
 @cm.register_op("batch_norm_gelu_backward", fake=_batch_norm_gelu_backward_fake)
 def _batch_norm_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                                 mean: torch.Tensor, var: torch.Tensor, eps: float, gate: Optional[torch.Tensor]
-                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate)
+                                 mean: torch.Tensor, var: torch.Tensor, eps: float, gate: Optional[torch.Tensor],
+                                 silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch_norm_backward(dy, x, weight, bias, mean, var, eps, gate, silu)
 
 
 def _bn_setup_context(ctx, inputs, output):
-    x, weight, bias, eps, residual, gate = inputs
+    x, weight, bias, eps, residual, gate, silu = inputs
     _, mean, var = output
-    ctx.eps, ctx.has_residual, ctx.has_gate = eps, residual is not None, gate is not None
+    ctx.eps, ctx.has_residual, ctx.has_gate, ctx.silu = eps, residual is not None, gate is not None, silu
     ctx.mark_non_differentiable(mean, var)
     ctx.save_for_backward(x, weight, bias, mean, var, gate)
 
 
 def _bn_autograd_backward(ctx, dy, _dmean, _dvar):
     x, weight, bias, mean, var, gate = ctx.saved_tensors
-    dx, dweight, dbias, dgate = _batch_norm_gelu_backward_op(dy, x, weight, bias, mean, var, ctx.eps, gate)
-    return dx, dweight, dbias, None, (dy if ctx.has_residual else None), (dgate if ctx.has_gate else None)
+    dx, dweight, dbias, dgate = _batch_norm_gelu_backward_op(dy, x, weight, bias, mean, var, ctx.eps, gate, ctx.silu)
+    return dx, dweight, dbias, None, (dy if ctx.has_residual else None), (dgate if ctx.has_gate else None), None
 
 
 _batch_norm_gelu_op.register_autograd(_bn_autograd_backward, setup_context=_bn_setup_context)
@@ -537,18 +541,20 @@ def affine_gelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
     return _affine_gelu_op(x, scale, shift, residual)
 
 
-def batch_norm_gelu_eager(x, weight, bias, eps, residual=None, gate=None):
+def batch_norm_gelu_eager(x, weight, bias, eps, residual=None, gate=None, activation="gelu"):
     """The eager twin in plain PyTorch: (output, batch mean, biased batch variance)."""
+    act = F.silu if check_activation(activation) else F.gelu
     wide = torch.promote_types(x.dtype, torch.float32)          # float32, or float64 for a float64 x
     xg = x.to(wide) if gate is None else x.to(wide) * gate.to(wide)[:, :, None, None]
     var, mean = torch.var_mean(xg, dim=(0, 2, 3), correction=0)
     xhat = (xg - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
-    y = F.gelu(xhat * weight.to(wide)[:, None, None] + bias.to(wide)[:, None, None]).to(x.dtype)
+    y = act(xhat * weight.to(wide)[:, None, None] + bias.to(wide)[:, None, None]).to(x.dtype)
     return (y if residual is None else y + residual), mean.detach(), var.detach()
 
 
 def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                    residual: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None, backend=None):
+                    residual: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None, backend=None,
+                    activation: str = "gelu"):
     """Training-mode BatchNorm, GELU (+ residual) of xg = x (* gate[n, c]) for x of shape
     (N, C, H, W): GELU((xg - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]) (+ residual),
     with the batch's own mean and biased variance of xg over (N, H, W). The gate (the
@@ -557,8 +563,10 @@ def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     Returns (output, mean, var): the output in x's dtype and memory format, the statistics
     in float32 (for running statistics; not differentiable). Differentiable in x (through
     the statistics too), weight, bias, residual and gate. Inputs as for affine_gelu, with
-    weight and bias in place of scale and shift; eps a positive float.
+    weight and bias in place of scale and shift; eps a positive float. activation="silu"
+    applies SiLU(z) = z * sigmoid(z) in place of GELU (hiverge's groups), forward and backward.
     """
+    silu = check_activation(activation)
     _check_inputs(x, {"weight": weight, "bias": bias}, residual)
     _check_eps(eps)
     if x.numel() == 0:
@@ -569,5 +577,5 @@ def batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
         cm.check_contiguous("gate", gate)
     backend = cm.resolve_backend(backend, x)
     if backend == "eager":
-        return batch_norm_gelu_eager(x, weight, bias, eps, residual, gate)
-    return _batch_norm_gelu_op(x, weight, bias, float(eps), residual, gate)
+        return batch_norm_gelu_eager(x, weight, bias, eps, residual, gate, activation)
+    return _batch_norm_gelu_op(x, weight, bias, float(eps), residual, gate, silu)

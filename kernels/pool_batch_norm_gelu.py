@@ -2,7 +2,7 @@
 passes around it:
 
     p = max_pool2d(x, 2)      (stride 2, an odd last row or column dropped)
-    y = GELU((p - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c])
+    y = GELU((p - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c])    (or SiLU: activation="silu")
 
 It follows the first convolution of every group. Apart, the pool reads x and writes
 p, BatchNorm reads p once for its statistics and once to apply them; backward, the
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from ._common import cast_to, gelu_grad_f32
+from ._common import activation_grad_f32, cast_to, check_activation
 from .affine_gelu import (BWD_PER_SM, FWD_TILE, FWD_WARPS, _batch_affine, _batch_norm_pass1, _check_eps, _check_inputs,
                           _tile,
                           batch_norm_gelu_eager)
@@ -99,7 +99,7 @@ def _pool_stats_kernel(x_ptr, p_ptr, win_ptr, pcount_ptr, pmean_ptr, pm2_ptr, M,
 @triton.jit
 def _bn_dx_unpool_kernel(p_ptr, dy_ptr, win_ptr, scale_ptr, shift_ptr, cx_ptr, c0_ptr, dx_ptr,
                          M, C, HWo, Wo, H, W, ps_n, ps_c, ps_h, ps_w, xs_n, xs_c, xs_h, xs_w,
-                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                         SILU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Pass 2 into the pool's input: dp = dz * scale[c] + p * cx[c] + c0[c] (dz recomputed)
     goes to the window's winner, 0 to the other three; a program whose pixels border a
     dropped odd edge also writes that edge's zeros."""
@@ -115,7 +115,7 @@ def _bn_dx_unpool_kernel(p_ptr, dy_ptr, win_ptr, scale_ptr, shift_ptr, cx_ptr, c
     p = tl.load(p_ptr + poffs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + poffs, mask=mask, other=0.0).to(tl.float32)
     win = tl.load(win_ptr + poffs, mask=mask, other=0)
-    dp = cast_to(dy * gelu_grad_f32(p * a + b) * a + p * cx + c0, dx_ptr.dtype.element_ty)
+    dp = cast_to(dy * activation_grad_f32(p * a + b, SILU) * a + p * cx + c0, dx_ptr.dtype.element_ty)
     zero = tl.zeros_like(dp)
     xoffs, _, _ = _window_offsets(rows, cols, HWo, Wo, xs_n, xs_c, xs_h, xs_w, False)
     tl.store(dx_ptr + xoffs, tl.where(win == 0, dp, zero), mask=mask)
@@ -137,7 +137,7 @@ def _pixel_tile(c: int):
     return _tile(c, 128, FWD_TILE)
 
 
-def _forward(x, weight, bias, eps):
+def _forward(x, weight, bias, eps, silu):
     n, c, h, w = x.shape
     ho, wo = h // 2, w // 2
     cl = cm.layout_4d("x", x)
@@ -155,25 +155,25 @@ def _forward(x, weight, bias, eps):
     mean = (pcount * pmean).sum(0) / m
     var = (pm2.sum(0) + (pcount * (pmean - mean) ** 2).sum(0)) / m
     _, scale, shift = _batch_affine(weight, bias, mean, var, eps)
-    return _affine_gelu_forward(p, scale, shift, None), mean, var, p, win
+    return _affine_gelu_forward(p, scale, shift, None, silu=silu), mean, var, p, win
 
 
-def _backward(dy, p, win, weight, bias, mean, var, eps, height, width, channels_last):
+def _backward(dy, p, win, weight, bias, mean, var, eps, height, width, channels_last, silu):
     n, c, ho, wo = p.shape
     dy = cm.same_layout(dy, p)
-    scale, shift, cx, c0, dweight, dbias = _batch_norm_pass1(dy, p, weight, bias, mean, var, eps, None)
+    scale, shift, cx, c0, dweight, dbias = _batch_norm_pass1(dy, p, weight, bias, mean, var, eps, None, silu)
     dx = cm.empty((n, c, height, width), p.dtype, p.device, channels_last=channels_last)
     m = n * ho * wo
     block_m, block_c = _pixel_tile(c)
     grid = (triton.cdiv(m, block_m), triton.cdiv(c, block_c))
     cm.launcher(_bn_dx_unpool_kernel)[grid](p, dy, win, scale, shift, cx, c0, dx, m, c, ho * wo, wo, height, width,
-                                            *p.stride(), *dx.stride(),
+                                            *p.stride(), *dx.stride(), SILU=silu,
                                             BLOCK_M=block_m, BLOCK_C=block_c, num_warps=FWD_WARPS)
     return dx, dweight, dbias
 
 
 # --------------------------------------------------------------------------- registration
-def _pool_batch_norm_gelu_fake(x, weight, bias, eps):
+def _pool_batch_norm_gelu_fake(x, weight, bias, eps, silu):
     n, c, h, w = x.shape
     cl = cm.layout_4d("x", x)
     pooled = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device,
@@ -183,12 +183,12 @@ def _pool_batch_norm_gelu_fake(x, weight, bias, eps):
 
 
 @cm.register_op("pool_batch_norm_gelu", fake=_pool_batch_norm_gelu_fake)
-def _pool_batch_norm_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+def _pool_batch_norm_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, silu: bool
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(x, weight, bias, eps)
+    return _forward(x, weight, bias, eps, silu)
 
 
-def _pool_batch_norm_gelu_backward_fake(dy, p, win, weight, bias, mean, var, eps, height, width, channels_last):
+def _pool_batch_norm_gelu_backward_fake(dy, p, win, weight, bias, mean, var, eps, height, width, channels_last, silu):
     n, c = p.shape[:2]
     dx = torch.empty((n, c, height, width), dtype=p.dtype, device=p.device,
                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -198,15 +198,15 @@ def _pool_batch_norm_gelu_backward_fake(dy, p, win, weight, bias, mean, var, eps
 @cm.register_op("pool_batch_norm_gelu_backward", fake=_pool_batch_norm_gelu_backward_fake)
 def _pool_batch_norm_gelu_backward_op(dy: torch.Tensor, p: torch.Tensor, win: torch.Tensor, weight: torch.Tensor,
                                       bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float,
-                                      height: int, width: int, channels_last: bool
+                                      height: int, width: int, channels_last: bool, silu: bool
                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(dy, p, win, weight, bias, mean, var, eps, height, width, channels_last)
+    return _backward(dy, p, win, weight, bias, mean, var, eps, height, width, channels_last, silu)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, eps = inputs
+    x, weight, bias, eps, silu = inputs
     _, mean, var, p, win = output
-    ctx.eps, ctx.height, ctx.width = eps, x.shape[2], x.shape[3]
+    ctx.eps, ctx.height, ctx.width, ctx.silu = eps, x.shape[2], x.shape[3], silu
     ctx.channels_last = cm.layout_4d("x", x)
     ctx.mark_non_differentiable(mean, var, p, win)
     ctx.save_for_backward(p, win, weight, bias, mean, var)
@@ -215,20 +215,21 @@ def _setup_context(ctx, inputs, output):
 def _autograd_backward(ctx, dy, _dmean, _dvar, _dp, _dwin):
     p, win, weight, bias, mean, var = ctx.saved_tensors
     dx, dweight, dbias = _pool_batch_norm_gelu_backward_op(dy, p, win, weight, bias, mean, var, ctx.eps,
-                                                           ctx.height, ctx.width, ctx.channels_last)
-    return dx, dweight, dbias, None
+                                                           ctx.height, ctx.width, ctx.channels_last, ctx.silu)
+    return dx, dweight, dbias, None, None
 
 
 _pool_batch_norm_gelu_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- public API
-def pool_batch_norm_gelu_eager(x, weight, bias, eps):
+def pool_batch_norm_gelu_eager(x, weight, bias, eps, activation="gelu"):
     """The eager twin in plain PyTorch: (output, batch mean, biased batch variance)."""
-    return batch_norm_gelu_eager(F.max_pool2d(x, 2), weight, bias, eps)
+    return batch_norm_gelu_eager(F.max_pool2d(x, 2), weight, bias, eps, activation=activation)
 
 
-def pool_batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, backend=None):
+def pool_batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, backend=None,
+                         activation: str = "gelu"):
     """batch_norm_gelu(max_pool2d(x, 2), weight, bias, eps) for x of shape (N, C, H, W),
     H and W at least 2: the 2x2 max-pool (stride 2, an odd last row or column dropped),
     then training-mode BatchNorm with the batch's statistics and GELU.
@@ -236,8 +237,10 @@ def pool_batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     Returns (output, mean, var) as batch_norm_gelu does: the output (N, C, H // 2, W // 2)
     in x's dtype and memory format, the pooled map's batch mean and biased variance in
     float32 (not differentiable). Differentiable in x (max_pool2d's gradient: each window's
-    first maximum gets it), weight and bias. Inputs as for batch_norm_gelu.
+    first maximum gets it), weight and bias. Inputs as for batch_norm_gelu; activation="silu"
+    applies SiLU in place of GELU.
     """
+    silu = check_activation(activation)
     _check_inputs(x, {"weight": weight, "bias": bias}, None)
     _check_eps(eps)
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] < 2 or x.shape[3] < 2:
@@ -245,6 +248,6 @@ def pool_batch_norm_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                          f"statistics at least one sample and channel")
     backend = cm.resolve_backend(backend, x)
     if backend == "eager":
-        return pool_batch_norm_gelu_eager(x, weight, bias, eps)
-    y, mean, var, _, _ = _pool_batch_norm_gelu_op(x, weight, bias, float(eps))
+        return pool_batch_norm_gelu_eager(x, weight, bias, eps, activation)
+    y, mean, var, _, _ = _pool_batch_norm_gelu_op(x, weight, bias, float(eps), silu)
     return y, mean, var

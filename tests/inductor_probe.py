@@ -147,15 +147,19 @@ def main():
             [t(*shape), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(*shape),
              t(*shape, grad=False, dtype=torch.float32)]),
         "batch_norm_gelu channels_last + residual": (
-            weighted(lambda x, w, b, r: ag._batch_norm_gelu_op(x, w, b, 1e-5, r, None)[0]),
+            weighted(lambda x, w, b, r: ag._batch_norm_gelu_op(x, w, b, 1e-5, r, None, False)[0]),
             [t(*shape, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(*shape, **cl),
              t(*shape, **cl, grad=False, dtype=torch.float32)]),
         "batch_norm_gelu channels_last, gated": (
-            weighted(lambda x, w, b, g: ag._batch_norm_gelu_op(x, w, b, 1e-5, None, g)[0]),
+            weighted(lambda x, w, b, g: ag._batch_norm_gelu_op(x, w, b, 1e-5, None, g, False)[0]),
             [t(*shape, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32), t(2, 8),
              t(*shape, **cl, grad=False, dtype=torch.float32)]),
         "pool_batch_norm_gelu channels_last": (
-            weighted(lambda x, w, b: pb._pool_batch_norm_gelu_op(x, w, b, 1e-5)[0]),
+            weighted(lambda x, w, b: pb._pool_batch_norm_gelu_op(x, w, b, 1e-5, False)[0]),
+            [t(2, 8, 7, 7, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32),
+             t(2, 8, 3, 3, **cl, grad=False, dtype=torch.float32)]),
+        "pool_batch_norm_gelu channels_last, silu": (
+            weighted(lambda x, w, b: pb._pool_batch_norm_gelu_op(x, w, b, 1e-5, True)[0]),
             [t(2, 8, 7, 7, **cl), t(8, dtype=torch.float32), t(8, dtype=torch.float32),
              t(2, 8, 3, 3, **cl, grad=False, dtype=torch.float32)]),
         "squeeze_excite": (

@@ -1,10 +1,12 @@
 """Which kernels run when --kernels is not given: on CUDA the recipe's choice (its Config's
-`cuda_kernels`: triton for seed and airbench94-muon, eager for hiverge, where the GPU plan
-has Inductor's own code moving fewer bytes than our stem GELU), eager on the CPU for every
-recipe; a recipe file inherits its parent's choice, and --kernels always wins. No GPU is
+`cuda_kernels`: triton for seed, airbench94-muon and hiverge, where the GPU plan has our
+kernels moving fewer bytes than Inductor's own code; a recipe file may choose eager), eager
+on the CPU for every recipe; a recipe file inherits its parent's choice, and --kernels always wins. No GPU is
 needed: the choice is a function of the device's type, asked with torch.device("cuda")."""
 import json
 import textwrap
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -36,8 +38,14 @@ def recipe_file(tmp_path, name: str, parent: str, body: str = "") -> str:
     return str(path)
 
 
+@dataclass(frozen=True)
+class EagerOnCuda(seed.Config):
+    """A recipe that chooses the eager twins on CUDA."""
+    cuda_kernels: ClassVar[str] = "eager"
+
+
 @pytest.mark.parametrize("config, expected", [(seed.Config, "triton"), (airbench94_muon.Config, "triton"),
-                                              (hiverge.Config, "eager")])
+                                              (hiverge.Config, "triton"), (EagerOnCuda, "eager")])
 def test_on_cuda_the_default_is_the_recipes_choice(config, expected):
     assert default_kernels(CUDA, config) == expected
     assert default_kernels(CUDA, config()) == expected              # an instance says the same
@@ -52,7 +60,7 @@ def test_the_presets_and_a_recipe_file_inherit_their_recipes_choice(tmp_path):
     assert default_kernels(CUDA, mine.config_class) == "triton"
     assert default_kernels(CPU, mine.config_class) == "eager"
     record = find_recipe(recipe_file(tmp_path, "my-record", "hiverge"))
-    assert default_kernels(CUDA, record.config_class) == "eager"
+    assert default_kernels(CUDA, record.config_class) == "triton"
     own = find_recipe(recipe_file(tmp_path, "own-choice", "seed", 'cuda_kernels: ClassVar[str] = "eager"\n'))
     assert default_kernels(CUDA, own.config_class) == "eager"
 
@@ -66,13 +74,16 @@ def test_a_recipe_file_naming_kernels_that_do_not_exist_is_refused_in_one_line(t
     assert "\n" not in message
 
 
-def test_the_command_line_takes_each_recipes_default_and_kernels_wins_over_it():
-    recipes = [find_recipe(name) for name in ("seed", "airbench94-muon", "hiverge")]
-    args = build_parser().parse_args(["--recipe", "seed,airbench94-muon,hiverge"])
-    assert recipe_kernels(args, recipes, CUDA) == {"seed": "triton", "airbench94-muon": "triton", "hiverge": "eager"}
-    assert recipe_kernels(args, recipes, CPU) == {"seed": "eager", "airbench94-muon": "eager", "hiverge": "eager"}
-    args = build_parser().parse_args(["--recipe", "hiverge", "--kernels", "triton"])
-    assert recipe_kernels(args, recipes[2:], CUDA) == {"hiverge": "triton"}      # our stem GELU, still selectable
+def test_the_command_line_takes_each_recipes_default_and_kernels_wins_over_it(tmp_path):
+    eager = recipe_file(tmp_path, "hiverge-eager", "hiverge", 'cuda_kernels: ClassVar[str] = "eager"\n')
+    recipes = [find_recipe(name) for name in ("seed", "airbench94-muon", "hiverge", eager)]
+    args = build_parser().parse_args(["--recipe", f"seed,airbench94-muon,hiverge,{eager}"])
+    assert recipe_kernels(args, recipes, CUDA) == {"seed": "triton", "airbench94-muon": "triton", "hiverge": "triton",
+                                                   "hiverge-eager": "eager"}
+    assert recipe_kernels(args, recipes, CPU) == {"seed": "eager", "airbench94-muon": "eager", "hiverge": "eager",
+                                                  "hiverge-eager": "eager"}
+    args = build_parser().parse_args(["--recipe", f"hiverge,{eager}", "--kernels", "triton"])
+    assert recipe_kernels(args, recipes[2:], CUDA) == {"hiverge": "triton", "hiverge-eager": "triton"}
     args = build_parser().parse_args(["--recipe", "seed", "--kernels", "eager"])
     assert recipe_kernels(args, recipes[:1], CUDA) == {"seed": "eager"}
 
@@ -81,7 +92,7 @@ class Chosen(Exception):
     """Raised by a stand-in make_ops: the kernels fit() chose."""
 
 
-@pytest.mark.parametrize("config, expected", [(seed.Config, "triton"), (hiverge.Config, "eager")])
+@pytest.mark.parametrize("config, expected", [(hiverge.Config, "triton"), (EagerOnCuda, "eager")])
 def test_fit_on_cuda_trains_with_the_recipes_default(monkeypatch, config, expected):
     monkeypatch.setattr(engine.api, "as_device", lambda value: torch.device(value))   # CUDA "present"
     monkeypatch.setattr(engine.api, "make_ops", lambda kind: (_ for _ in ()).throw(Chosen(kind)))
@@ -96,28 +107,29 @@ def test_fit_on_cuda_trains_with_the_recipes_default(monkeypatch, config, expect
 @pytest.mark.slow       # ~10 s on two busy cores: the triton point runs in Triton's interpreter
 def test_a_sweep_over_recipes_runs_and_records_each_recipes_default(tmp_path, monkeypatch):
     """As on CUDA (the device's type is what the choice reads), on a CPU: hiverge and a
-    recipe file deriving from it that chooses triton train in one sweep, each with its own
+    recipe file deriving from it that chooses eager train in one sweep, each with its own
     kernels (the triton one through Triton's CPU interpreter, as every test here), and the
     JSON, each point and each checkpoint record what ran."""
     monkeypatch.setattr(engine.cli, "default_kernels", lambda device, config: default_kernels(CUDA, config))
-    mine = recipe_file(tmp_path, "hiverge-triton", "hiverge", 'cuda_kernels: ClassVar[str] = "triton"\n')
+    mine = recipe_file(tmp_path, "hiverge-eager", "hiverge", 'cuda_kernels: ClassVar[str] = "eager"\n')
     out = tmp_path / "sweep.json"
     main([*TINY, "--recipe", f"hiverge,{mine}", "--json", str(out), "--save", str(tmp_path / "model.pt")])
     payload = json.loads(out.read_text())
     assert [run["status"] for run in payload["runs"]] == ["ok", "ok"]
-    assert payload["kernels"] == "hiverge: eager, hiverge-triton: triton"
+    assert payload["kernels"] == "hiverge: triton, hiverge-eager: eager"
     assert [(point["recipe"], point["kernels"]) for point in payload["points"]] == [
-        ("hiverge", "eager"), ("hiverge-triton", "triton")]
+        ("hiverge", "triton"), ("hiverge-eager", "eager")]
     saved = sorted(tmp_path.glob("model*.pt"))
     assert len(saved) == 2
     kernels = {torch.load(path, weights_only=False)["recipe"]: torch.load(path, weights_only=False)["kernels"]
                for path in saved}
-    assert kernels == {"hiverge": "eager", "hiverge-triton": "triton"}
+    assert kernels == {"hiverge": "triton", "hiverge-eager": "eager"}
 
 
 def test_one_recipe_records_its_resolved_kernels(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.cli, "default_kernels", lambda device, config: default_kernels(CUDA, config))
     out = tmp_path / "run.json"
-    main([*TINY, "--recipe", "hiverge", "--json", str(out)])
+    eager = recipe_file(tmp_path, "hiverge-eager", "hiverge", 'cuda_kernels: ClassVar[str] = "eager"\n')
+    main([*TINY, "--recipe", eager, "--json", str(out)])
     payload = json.loads(out.read_text())
     assert [run["status"] for run in payload["runs"]] == ["ok"] and payload["kernels"] == "eager"

@@ -46,6 +46,9 @@ EXPECTED_LAUNCHES = {           # case: (forward kernels, backward kernels)
     "pool_batch_norm_gelu channels_last": (["pool_batch_norm_gelu._pool_stats_kernel", "affine_gelu._fwd_kernel"],
                                            ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
                                             "pool_batch_norm_gelu._bn_dx_unpool_kernel"]),
+    "pool_batch_norm_gelu channels_last, silu": (["pool_batch_norm_gelu._pool_stats_kernel", "affine_gelu._fwd_kernel"],
+                                                 ["affine_gelu._bwd_cl_kernel", "affine_gelu._bn_finish_kernel",
+                                                  "pool_batch_norm_gelu._bn_dx_unpool_kernel"]),
     "squeeze_excite": (["squeeze_excite._fwd_kernel"], ["squeeze_excite._bwd_kernel", "squeeze_excite._wgrad_kernel"]),
     "channel_scale": (["channel_scale._fwd_kernel"], ["channel_scale._bwd_cl_kernel"]),
     "patch_covariance": (["patch_covariance._patch_moments_kernel"], None),
@@ -123,9 +126,11 @@ def _exercise_pool_batch_norm_gelu(dtype, channels_last):
     g = torch.randn(3, 40, 3, 3, device=DEVICE, dtype=dtype)
     if channels_last:
         g = g.contiguous(memory_format=torch.channels_last)
-    check_against_eager(lambda x, w, b, backend: kernels.pool_batch_norm_gelu(x, w, b, 1e-5, backend=backend)[0],
-                        lambda x, w, b: kernels.pool_batch_norm_gelu_eager(x, w, b, 1e-5)[0], inputs, g, dtype,
-                        reduced=(2, 3))
+    for act in ("gelu", "silu"):
+        check_against_eager(lambda x, w, b, backend: kernels.pool_batch_norm_gelu(x, w, b, 1e-5, backend=backend,
+                                                                                  activation=act)[0],
+                            lambda x, w, b: kernels.pool_batch_norm_gelu_eager(x, w, b, 1e-5, act)[0], inputs, g,
+                            dtype, reduced=(2, 3))
 
 
 def _exercise_squeeze_excite(dtype, channels_last):

@@ -12,11 +12,15 @@ from kernel_checks import (DEVICE, DTYPES, U32, poisoned_kernel_outputs, assert_
 EPS = 1e-5
 
 
-def pool_batch_norm_gelu_output(x, weight, bias, backend=None):
+def pool_batch_norm_gelu_output(x, weight, bias, backend=None, activation="gelu"):
     """The output alone (check_against_eager differentiates one tensor)."""
     if backend is None:                                   # the float64 twin, called as twin(*inputs)
-        return kernels.pool_batch_norm_gelu_eager(x, weight, bias, EPS)[0]
-    return kernels.pool_batch_norm_gelu(x, weight, bias, EPS, backend=backend)[0]
+        return kernels.pool_batch_norm_gelu_eager(x, weight, bias, EPS, activation)[0]
+    return kernels.pool_batch_norm_gelu(x, weight, bias, EPS, backend=backend, activation=activation)[0]
+
+
+def pool_batch_norm_silu_output(x, weight, bias, backend=None):
+    return pool_batch_norm_gelu_output(x, weight, bias, backend, activation="silu")
 
 
 def _inputs(shape, dtype, channels_last):
@@ -87,8 +91,23 @@ def test_statistics_of_a_map_far_from_zero():
     torch.testing.assert_close(var.double(), expected_var, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_half_dx_rounds_once(channels_last):
+@pytest.mark.parametrize("shape", [(2, 16, 7, 7), (3, 40, 6, 5)], ids=str)
+def test_pool_batch_norm_silu(shape, channels_last, dtype):
+    """activation="silu" (hiverge's groups): SiLU in the forward and in the pass that
+    writes the pool's input gradient, against max_pool2d and the twin with F.silu."""
+    inputs = _inputs(shape, dtype, channels_last)
+    g = torch.randn((shape[0], shape[1], shape[2] // 2, shape[3] // 2), device=DEVICE, dtype=dtype)
+    if channels_last:
+        g = g.contiguous(memory_format=torch.channels_last)
+    check_against_eager(pool_batch_norm_silu_output, pool_batch_norm_silu_output, inputs, g, dtype, reduced=(2, 3),
+                        what=f"pool_batch_norm_gelu{shape} activation=silu")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_half_dx_rounds_once(channels_last, activation):
     """Known answers for float16: the gradient at each winner, computed in float32 and
     rounded once at the store, equals the exact (float64) gradient rounded once wherever
     float32's own error cannot reach a rounding midpoint (bound as in batch_norm_gelu's
@@ -100,13 +119,14 @@ def test_half_dx_rounds_once(channels_last):
     if channels_last:
         x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    y, _, _ = kernels.pool_batch_norm_gelu(x, weight, bias, EPS, backend="triton")
+    y, _, _ = kernels.pool_batch_norm_gelu(x, weight, bias, EPS, backend="triton", activation=activation)
     dx, = torch.autograd.grad(y, [x], dy)
+    act = F.silu if activation == "silu" else F.gelu
 
     def exact(dtype):
         x_ = x.detach().to(dtype).requires_grad_(True)
-        out = F.gelu(F.batch_norm(F.max_pool2d(x_, 2), None, None, weight.to(dtype), bias.to(dtype), training=True,
-                                  eps=EPS))
+        out = act(F.batch_norm(F.max_pool2d(x_, 2), None, None, weight.to(dtype), bias.to(dtype), training=True,
+                               eps=EPS))
         grad, = torch.autograd.grad(out, [x_], dy.to(dtype))
         return grad, out
     dx64, y64 = exact(torch.float64)
@@ -116,11 +136,13 @@ def test_half_dx_rounds_once(channels_last):
     scale = weight.double() / torch.sqrt(pooled.var((0, 2, 3), unbiased=False) + EPS)
     terms = (dy.double().abs() * scale[:, None, None]).repeat_interleave(2, 2).repeat_interleave(2, 3)
     terms = F.pad(terms, (0, shape[3] % 2, 0, shape[2] % 2)) + dx64.abs()
+    # Decided shares over 25 seeds, both layouts and activations: 0.88-0.98 (dx at the winners and
+    # the output); at least 80% decided, so that no seed fails for want of known answers.
     assert_rounded_once(dx[won], dx64[won], (8 * (dx32.double() - dx64).abs() + 16 * U32 * terms)[won],
-                        "pool_batch_norm_gelu float16 dx")
+                        "pool_batch_norm_gelu float16 dx", least=0.8)
     assert (dx[~won] == 0).all(), "only winners get a gradient"
     assert_rounded_once(y, y64, 8 * (y32.double() - y64).abs() + 16 * U32 * (y64.abs() + 1),
-                        "pool_batch_norm_gelu float16 output")
+                        "pool_batch_norm_gelu float16 output", least=0.8)
 
 
 def test_pool_batch_norm_gelu_rejects_bad_input():
@@ -139,3 +161,5 @@ def test_pool_batch_norm_gelu_rejects_bad_input():
         f(x[:, :, :, ::2].transpose(2, 3), w, w, EPS, backend="triton")
     with pytest.raises(TypeError, match="dtype"):
         f(x.int(), w, w, EPS, backend="triton")
+    with pytest.raises(ValueError, match="activation must be one of 'gelu', 'silu', got 'SiLU'"):
+        f(x, w, w, EPS, backend="triton", activation="SiLU")

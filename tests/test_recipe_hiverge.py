@@ -217,9 +217,11 @@ def test_the_whitening_bias_stops_at_its_step():
     assert all(torch.equal(biases[1], later) for later in biases[2:])
 
 
-def test_triton_operations_give_the_eager_logits():
-    """--kernels triton: the whitening's GELU is our kernel (interpreter); the groups' SiLU
-    has none of ours and is the same plain operation in both tables."""
+def test_triton_operations_give_the_eager_logits_gradients_and_statistics():
+    """--kernels triton: the whitening's GELU and, in training, each group's (pool ->)
+    BatchNorm -> SiLU are our kernels (interpreter; pool_batch_norm_gelu and batch_norm_gelu
+    with activation="silu"); in eval mode the SiLU after the running statistics is plain
+    PyTorch in both tables. Logits, every gradient and the running statistics agree."""
     torch.manual_seed(8)
     config = tiny()
     eager = config.build_network(EAGER, "cpu", torch.float32)
@@ -229,5 +231,16 @@ def test_triton_operations_give_the_eager_logits():
     for module in triton.modules():
         if hasattr(module, "norm_activation"):
             module.norm_activation = triton_ops.norm_silu
+    assert triton_ops.norm_silu is not EAGER.norm_silu
     images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(triton(images), eager(images), rtol=1e-4, atol=1e-4)
+    for network in (eager, triton):
+        network.train()
+        network(images).square().sum().backward()
+    for (name, p_triton), p_eager in zip(triton.named_parameters(), eager.parameters()):
+        if p_eager.grad is not None:
+            torch.testing.assert_close(p_triton.grad, p_eager.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, b_triton), b_eager in zip(triton.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(b_triton, b_eager, rtol=1e-5, atol=1e-6, msg=name)
+    eager.eval(), triton.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(triton(images), eager(images), rtol=1e-4, atol=1e-4)

@@ -11,7 +11,6 @@ and these mechanisms, each a setting of the shared pieces:
     Muon: other Newton-Schulz coefficients, iterations in the network's dtype,
           weights rescaled every 4th step only, decay p *= 1 - lr * wd after each step
     evaluation: plain logits, six views for the 25% least confident test images only
-    on CUDA, without --kernels: the eager twins under Inductor (its fusion moves fewer bytes)
 
 The network, whitening, loss, schedules and the six views are airbench's, called.
 """
@@ -33,12 +32,10 @@ PRESETS = {"hiverge": {}}
 class Config(Airbench94MuonConfig):
     recipe: ClassVar[str] = "hiverge"
     reported_as: ClassVar[str] = "accuracy"       # plain, six views for the least confident quarter
-    group_activation: ClassVar[str] = "norm_silu"
+    group_activation: ClassVar[str] = "norm_silu"  # with --kernels triton: our BatchNorm kernels with SiLU
     float32_batchnorm: ClassVar[bool] = False     # BatchNorm in float16 too
-    # Inductor's own code on CUDA: the GPU plan (bench/NOTES.md) has our one kernel here, the stem
-    # GELU, moving more bytes per compiled step (8.79 GB against 8.58: Inductor fuses the GELU with
-    # the whitening convolution's output, and its backward with the bias gradient's sum).
-    cuda_kernels: ClassVar[str] = "eager"
+    # On CUDA our kernels, as the other recipes (cuda_kernels "triton"): the GPU plan has them at
+    # 4.60 GB per compiled step against 6.17 for Inductor's own code (bench/NOTES.md).
 
     # Data and augmentation (mean, std, pad 2: airbench's).
     batch_size: int = 1536

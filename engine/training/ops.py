@@ -27,8 +27,7 @@ class Ops:
     gelu: Callable                 # gelu(x)
     norm_gelu: Callable            # norm_gelu(x, batchnorm, residual=None, gate=None, pool=None)
                                    #   = GELU(BN(pool(x) * gate[:, :, None, None])) (+ residual)
-    norm_silu: Callable            # norm_silu(x, batchnorm, pool=None) = SiLU(BN(pool(x))): no kernel of
-                                   #   ours, both tables
+    norm_silu: Callable            # norm_silu(x, batchnorm, pool=None) = SiLU(BN(pool(x)))
     squeeze_excite: Callable       # squeeze_excite(r, w1, b1, w2, b2) -> (N, C) gate
     patch_covariance: Callable     # patch_covariance(images, kernel_size) -> (mean, cov), float64
 
@@ -42,10 +41,35 @@ def _norm_gelu_eager(x, batchnorm, residual=None, gate=None, pool=None):
     return y if residual is None else y + residual
 
 
-def _norm_silu(x, batchnorm, pool=None):
-    """SiLU(BN(pool(x))) in plain PyTorch for both tables: there is no hand-written kernel
-    for it (under --compile Inductor fuses the BatchNorm apply and the SiLU itself)."""
+def _norm_silu_eager(x, batchnorm, pool=None):
     return F.silu(batchnorm(x if pool is None else pool(x)))
+
+
+def _batch_norm_activation_fused(x, batchnorm, activation, residual=None, gate=None, pool=None):
+    """Training: BatchNorm with the batch's statistics, then the activation ("gelu" or "silu"),
+    in our kernels (pool_batch_norm_gelu where a pool comes first with no residual or gate,
+    else batch_norm_gelu), and the running statistics updated as nn.BatchNorm2d does."""
+    if pool is not None and residual is None and gate is None:
+        y, mean, var = kernels.pool_batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps,
+                                                    backend="triton", activation=activation)
+    else:
+        x = x if pool is None else pool(x)
+        y, mean, var = kernels.batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps, residual,
+                                               gate, backend="triton", activation=activation)
+    with torch.no_grad():
+        count = y.numel() // y.shape[1]
+        unbiased = var * (count / max(count - 1, 1))
+        batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
+        batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
+    return y
+
+
+def _norm_silu_fused(x, batchnorm, pool=None):
+    """SiLU(BN(pool(x))): in training our kernels (the pool folded in, as for GELU); in eval
+    mode plain PyTorch with the running statistics (Inductor fuses the apply and the SiLU)."""
+    if batchnorm.training:
+        return _batch_norm_activation_fused(x, batchnorm, "silu", pool=pool)
+    return _norm_silu_eager(x, batchnorm, pool)
 
 
 def _norm_gelu_fused(x, batchnorm, residual=None, gate=None, pool=None):
@@ -55,19 +79,7 @@ def _norm_gelu_fused(x, batchnorm, residual=None, gate=None, pool=None):
     A 2x2 max-pool before it (`pool`, the network's MaxPool2x2) is folded into those passes
     in training (pool_batch_norm_gelu) where there is no residual or gate."""
     if batchnorm.training:
-        if pool is not None and residual is None and gate is None:
-            y, mean, var = kernels.pool_batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps,
-                                                        backend="triton")
-        else:
-            x = x if pool is None else pool(x)
-            y, mean, var = kernels.batch_norm_gelu(x, batchnorm.weight, batchnorm.bias, batchnorm.eps, residual,
-                                                   gate, backend="triton")
-        with torch.no_grad():
-            count = y.numel() // y.shape[1]
-            unbiased = var * (count / max(count - 1, 1))
-            batchnorm.running_mean.lerp_(mean.to(batchnorm.running_mean.dtype), batchnorm.momentum)
-            batchnorm.running_var.lerp_(unbiased.to(batchnorm.running_var.dtype), batchnorm.momentum)
-        return y
+        return _batch_norm_activation_fused(x, batchnorm, "gelu", residual, gate, pool)
     if pool is not None:
         x = pool(x)
     if gate is not None:
@@ -85,7 +97,7 @@ def make_ops(kind: str) -> Ops:
         name=kind,
         gelu=partial(kernels.gelu, backend=backend),
         norm_gelu=_norm_gelu_eager if kind == "eager" else _norm_gelu_fused,
-        norm_silu=_norm_silu,
+        norm_silu=_norm_silu_eager if kind == "eager" else _norm_silu_fused,
         squeeze_excite=partial(kernels.squeeze_excite, backend=backend),
         patch_covariance=partial(kernels.patch_covariance, backend=backend),
     )
